@@ -1,0 +1,34 @@
+"""Gradient-flow dynamics of linear BYOL/SimSiam (Tian, Chen & Ganguli 2021) and their checks."""
+
+from ._checks import ConfigError as ConfigError
+from ._checks import check as check
+from ._checks import check_choice as check_choice
+from ._checks import check_finite as check_finite
+from ._checks import check_psd as check_psd
+from ._checks import check_range as check_range
+from .integrate import STATUS as STATUS
+from .integrate import IntegrationResult as IntegrationResult
+from .integrate import Solver as Solver
+from .integrate import integrate as integrate
+from .integrate import integrate_scipy as integrate_scipy
+from .matrix_flow import MatrixFlow as MatrixFlow
+from .matrix_flow import SymmetrizedFlow as SymmetrizedFlow
+from .matrix_flow import draw_initial_matrices as draw_initial_matrices
+from .mode_flow import ModeFlow as ModeFlow
+from .model import DataSpec as DataSpec
+from .model import InitSpec as InitSpec
+from .model import LinearModel as LinearModel
+from .model import RuleSpec as RuleSpec
+from .predictor_rules import CorrelationEMA as CorrelationEMA
+from .predictor_rules import PredictorRule as PredictorRule
+from .predictor_rules import directcopy as directcopy
+from .predictor_rules import directpred as directpred
+from .predictor_rules import directset as directset
+from .predictor_rules import make_rule as make_rule
+from .predictor_rules import matrix_rule as matrix_rule
+from .predictor_rules import spectral_rule as spectral_rule
+from .simulate import ModeInit as ModeInit
+from .simulate import Simulation as Simulation
+from .simulate import collapse_verdicts as collapse_verdicts
+from .simulate import simulate as simulate
+from .simulate import sweep as sweep

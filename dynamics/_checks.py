@@ -1,0 +1,88 @@
+"""Validation helpers shared by the config dataclasses of dynamics and ssl_models.
+
+A failed check raises :class:`ConfigError` whose message names the field, the value and what is
+allowed, in one line, so that the CLI can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = ["ConfigError", "check", "check_choice", "check_finite", "check_psd", "check_range"]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; ``str(err)`` is one line naming the key, the value and the rule."""
+
+    def __init__(self, key: str, value, rule: str):
+        self.key, self.value, self.rule = key, value, rule
+        super().__init__(f"{key} = {_show(value)}: {rule}")
+
+    def prefixed(self, prefix: str) -> ConfigError:
+        """The same error with the key qualified by a table path, e.g. ``model.`` + ``n1``."""
+        return ConfigError(f"{prefix}{self.key}" if prefix else self.key, self.value, self.rule)
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check(key: str, value, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, rule)
+
+
+def check_finite(key: str, value) -> None:
+    arr = np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError(key, value, "must be finite (no NaN or inf)")
+
+
+def check_range(
+    key: str, value, lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False, integer=False
+) -> None:
+    """Check a finite number (or every entry of a sequence) lies in [lo, hi] (open ends as asked)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ConfigError(key, value, "must be a number")
+        if integer and not float(v).is_integer():
+            raise ConfigError(key, value, "must be an integer")
+        if not math.isfinite(float(v)):
+            raise ConfigError(key, value, "must be finite (no NaN or inf)")
+        bad_lo = lo is not None and (v <= lo if lo_open else v < lo)
+        bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
+        if bad_lo or bad_hi:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            lo_s = "-inf" if lo is None else f"{lo:g}"
+            hi_s = "inf" if hi is None else f"{hi:g}"
+            raise ConfigError(key, value, f"must lie in {left}{lo_s}, {hi_s}{right}")
+
+
+def check_choice(key: str, value, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(key, value, "must be one of " + ", ".join(repr(c) for c in choices))
+
+
+def check_psd(key: str, matrix, n: int, *, tol: float = 1e-10) -> np.ndarray:
+    """Check an (n, n) finite, symmetric, positive semi-definite matrix; return it as float64."""
+    try:
+        arr = np.asarray(matrix, dtype=float)
+    except (TypeError, ValueError):
+        raise ConfigError(key, matrix, f"must be an {n}x{n} matrix of numbers") from None
+    if arr.shape != (n, n):
+        raise ConfigError(key, f"shape {arr.shape}", f"must be an {n}x{n} matrix")
+    check_finite(key, arr)
+    scale = max(1.0, float(np.abs(arr).max()))
+    if not np.allclose(arr, arr.T, atol=tol * scale, rtol=0):
+        raise ConfigError(key, "a non-symmetric matrix", "must be symmetric")
+    lam_min = float(np.linalg.eigvalsh(0.5 * (arr + arr.T)).min())
+    if lam_min < -tol * scale:
+        raise ConfigError(key, f"a matrix with eigenvalue {lam_min:.3g}", "must be positive semi-definite")
+    return 0.5 * (arr + arr.T)

@@ -1,0 +1,129 @@
+"""The exact per-eigenmode system (reference/theory.md §3.1, scalar embedding with weight decay).
+
+With W = U diag(w) V^T, W_a = U diag(w_a) V^T, W_p = U diag(p) U^T and data moments diagonal in V
+(X = V diag(lambda_d) V^T, X + X' = V diag(lambda_s) V^T), Eqs. 2-4 keep this form exactly and each
+mode j follows
+
+    dp_j/dt   = alpha_p w_j (w_a,j lambda_d,j - p_j w_j lambda_s,j) - eta_p p_j
+    dw_j/dt   = p_j (w_a,j lambda_d,j - p_j w_j lambda_s,j) - eta w_j
+    dw_a,j/dt = beta (w_j - w_a,j)            (SimSiam: w_a = w)
+
+With s_j = w_j^2 and tau_j = w_a,j / w_j this is Eqs. 11-13 with a per-mode tau. Without
+stop-gradient (SimSiam) dw/dt = -(p^2 + 1) w lambda_n - (p - 1)^2 w lambda_d - eta w, lambda_n =
+lambda_s - lambda_d. With a predictor rule, p_j = phi(lambda_s w_j^2), the eigenvalue of F-hat.
+
+Modes keep their index (mode j is the fixed eigen-direction u_j), so trajectories can cross; the
+Dataset's ``s`` is the eigenvalue lambda_d w_j^2 of F = W X W^T.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._state import Layout
+from .model import LinearModel
+
+__all__ = ["ModeFlow"]
+
+
+class ModeFlow:
+    """Batched per-mode system for R runs of k modes.
+
+    Args:
+        model: predictor kind, stop-gradient and method (dims and data enter through lam_s, lam_d).
+        params: per-run (R,) tensors alpha_p, eta, eta_p, beta.
+        lam_s, lam_d: (R, k) eigenvalues of X + X' and of X along each mode.
+        p0, s0, wa0: (R, k) initial predictor eigenvalue, F eigenvalue s = lambda_d w^2, and w_a.
+    """
+
+    def __init__(self, model: LinearModel, params: dict[str, torch.Tensor], lam_s: torch.Tensor, lam_d: torch.Tensor,
+                 p0: torch.Tensor, s0: torch.Tensor, wa0: torch.Tensor):
+        self.model = model
+        self.rule = model.predictor_rule()
+        k = lam_s.shape[-1]
+        self.k = k
+        blocks = {}
+        if model.predictor in ("learned", "symmetric"):
+            blocks["p"] = (k,)
+        blocks["w"] = (k,)
+        if not model.simsiam:
+            blocks["wa"] = (k,)
+        self.layout = Layout(blocks)
+        w0 = torch.sqrt(s0 / lam_d)
+        self.y0 = self.layout.pack({"p": p0, "w": w0, "wa": wa0})
+        p = dict(params)
+        p["lam_s"], p["lam_d"] = lam_s, lam_d
+        p0_eff = self._p({"p": p0}, w0, p) if "p" not in blocks else p0
+        c = w0**2 - p0_eff**2 / p["alpha_p"][:, None]
+        p["c"] = c
+        p["c_norm"] = c.norm(dim=-1)
+        self.params = p
+
+    def numba_system(self):
+        """(name, PRM, cfg, work size) for the numba CPU kernel, or None (user rules, the GPU)."""
+        m = self.model
+        dp = self.rule.directset_params if self.rule is not None else None
+        if (m.predictor == "rule" and dp is None) or self.y0.device.type != "cpu":
+            return None
+        power, eps, floor, normalize = dp if dp is not None else (1.0, 0.0, 0.0, True)
+        p = self.params
+        R = self.y0.shape[0]
+        scalars = torch.stack([p["alpha_p"], p["eta"], p["eta_p"], p["beta"]], dim=1)
+        rule = torch.tensor([power, eps, floor], dtype=torch.float64).expand(R, 3)
+        prm = torch.cat([scalars, rule, p["lam_s"], p["lam_d"]], dim=1).numpy()
+        kind = {"learned": 0, "symmetric": 1, "identity": 2, "rule": 3}[m.predictor]
+        cfg = [self.k, kind, int(m.stop_grad), int(m.simsiam), int(normalize)]
+        return "modes", prm, cfg, self.k
+
+    def _p(self, v, w, prm):
+        if "p" in v and "p" in self.layout:
+            return v["p"]
+        if self.model.predictor == "identity":
+            return torch.ones_like(w)
+        return self.rule.phi(prm["lam_s"] * w * w)
+
+    def rhs(self, t, y, prm):
+        m = self.model
+        v = self.layout.views(y)
+        w = v["w"]
+        wa = w if m.simsiam else v["wa"]
+        p = self._p(v, w, prm)
+        ls, ld = prm["lam_s"], prm["lam_d"]
+        g = wa * ld - p * w * ls
+        out = {}
+        if "p" in self.layout:
+            out["p"] = prm["alpha_p"][:, None] * w * g - prm["eta_p"][:, None] * p
+        if m.stop_grad:
+            dw = p * g
+        else:
+            dw = -(p * p + 1.0) * w * (ls - ld) - (p - 1.0) ** 2 * w * ld
+        out["w"] = dw - prm["eta"][:, None] * w
+        if "wa" in self.layout:
+            out["wa"] = prm["beta"][:, None] * (w - wa)
+        return self.layout.pack(out)
+
+    def observe(self, t, y, prm):
+        m = self.model
+        v = self.layout.views(y)
+        w = v["w"]
+        wa = w if m.simsiam else v["wa"]
+        p = self._p(v, w, prm)
+        ls, ld = prm["lam_s"], prm["lam_d"]
+        floor = 1e-12 * (w * w).amax(dim=-1, keepdim=True)
+        out = {
+            "s": ld * w * w,
+            "p": p.clone(),
+            "alignment": torch.sign(p),
+            "tau": torch.where(w * w > floor, wa / torch.where(w == 0, torch.ones_like(w), w), torch.nan),
+            "commutator": torch.zeros_like(t),
+            "asymmetry": torch.zeros_like(t),
+            "loss": 0.5 * (p * p * w * w * ls - 2.0 * p * w * wa * ld + wa * wa * ls).sum(-1),
+            "weight_norm": w.norm(dim=-1),
+        }
+        if "p" in self.layout:
+            ww, pp = w * w, p * p / prm["alpha_p"][:, None]
+            resid = ww - pp - torch.exp(-2.0 * prm["eta"] * t)[:, None] * prm["c"]
+            # relative to ||c|| (the contract); on the parabola (c = 0) relative to the terms' size
+            den = torch.where(prm["c_norm"] > 0, prm["c_norm"], ww.norm(dim=-1) + pp.norm(dim=-1))
+            out["balance"] = resid.norm(dim=-1) / den
+        return out

@@ -1,0 +1,345 @@
+"""Run a linear model (one run or a batched sweep) and return a data-contract Dataset.
+
+Engines:
+  "matrix"      the matrix flow of (W, W_p, W_a), Eqs. 2-4 (exact isotropic reduction when it applies)
+  "modes"       the exact per-mode system (p_j, w_j, w_a,j) of §3.1
+  "symmetrized" Eq. 7 in (F, W_p) with W_a = tau W, constant tau (Theorem 3's setting)
+  "sampled"     finite-batch SGD on Gaussian samples (see :mod:`.sampled`)
+
+A sweep is a grid of hyperparameters (each a coordinate along ``run``) integrated in one batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import xarray as xr
+
+from stopgrad.analysis import build_dataset
+
+from ._checks import ConfigError, check, check_choice, check_range
+from .integrate import STATUS, IntegrationResult, Solver, integrate, tableau_arrays
+from .matrix_flow import MatrixFlow, SymmetrizedFlow, draw_initial_matrices
+from .mode_flow import ModeFlow
+from .model import LinearModel
+
+__all__ = ["ENGINES", "ModeInit", "Simulation", "collapse_verdicts", "simulate", "sweep"]
+
+ENGINES = ("matrix", "modes", "symmetrized", "sampled")
+# hyperparameters that may vary along ``run`` in one batched integration, per engine
+_COMMON = ("eta", "eta_p", "alpha_p", "beta", "sigma2")
+SWEEPABLE = {
+    "matrix": _COMMON + ("seed", "w_scale", "wp_scale"),
+    "modes": _COMMON + ("p0", "s0"),
+    "symmetrized": ("eta", "alpha_p", "sigma2", "tau", "seed", "w_scale", "wp_scale"),
+    "sampled": _COMMON + ("seed", "w_scale", "wp_scale"),
+}
+
+
+@dataclass(frozen=True)
+class ModeInit:
+    """Initial state of the per-mode engine: p_j(0) and s_j(0) = lambda_d w_j(0)^2, one value for all
+    modes or one per mode. w_a(0) follows ``model.init.wa`` ("zero" or "copy")."""
+
+    p0: float | tuple[float, ...] = 0.2
+    s0: float | tuple[float, ...] = 0.2
+
+    def __post_init__(self):
+        check_range("p0", self.p0, None, None)
+        check_range("s0", self.s0, 0, None, lo_open=True)
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What to run: the model, the engine, the time grid, the solver and an optional sweep grid.
+
+    grid maps a hyperparameter name to its values; the runs are the Cartesian product, in the order
+    the keys are given. ``collapse_tol``: a mode counts as collapsed at t_end when s_j < collapse_tol
+    times the largest s at t = 0.
+    """
+
+    model: LinearModel = field(default_factory=LinearModel)
+    engine: str = "matrix"
+    t_end: float = 100.0
+    n_save: int = 101
+    solver: Solver = field(default_factory=Solver)
+    grid: dict = field(default_factory=dict)
+    modes: ModeInit = field(default_factory=ModeInit)
+    tau: float = 1.0  # the symmetrized engine's constant tau
+    backend: str = "auto"
+    collapse_tol: float = 1e-6
+    sampled: object | None = None  # a SampledSpec for engine = "sampled"
+
+    def __post_init__(self):
+        check_choice("engine", self.engine, ENGINES)
+        check_range("t_end", self.t_end, 0, None, lo_open=True)
+        check_range("n_save", self.n_save, 2, 100_000, integer=True)
+        check_choice("backend", self.backend, ("auto", "torch", "numba"))
+        check_range("collapse_tol", self.collapse_tol, 0, 1, lo_open=True, hi_open=True)
+        check_range("tau", self.tau, 0, None)
+        check("grid", self.grid, isinstance(self.grid, dict), "must be a table of name = [values]")
+        allowed = SWEEPABLE[self.engine]
+        for key, values in self.grid.items():
+            check(f"grid.{key}", values, key in allowed,
+                  f"cannot be swept with engine = '{self.engine}'; sweepable: {', '.join(allowed)}")
+            check(f"grid.{key}", values, isinstance(values, (list, tuple, np.ndarray)) and len(values) > 0,
+                  "must be a non-empty list of values")
+            for v in values:
+                _check_value(self, key, v)
+        if self.engine == "symmetrized":
+            check("model.data.kind", self.model.data.kind, self.model.isotropic, "the symmetrized engine needs isotropic data")
+        if self.engine == "modes":
+            check("model.init.wa", self.model.init.wa, self.model.init.wa != "random",
+                  "the per-mode engine supports 'zero' or 'copy'")
+            try:
+                self.model.data.mode_moments(self.model.n1, self.model.n2)
+            except ConfigError as err:
+                raise err.prefixed("model.data.") from None
+            for key in ("p0", "s0"):
+                v = getattr(self.modes, key)
+                if isinstance(v, (list, tuple)):
+                    check(f"modes.{key}", v, len(v) == self.model.n2, f"needs one value per mode (n2 = {self.model.n2})")
+        if self.engine == "sampled":
+            from .sampled import SampledSpec
+
+            check("sampled", self.sampled, self.sampled is None or isinstance(self.sampled, SampledSpec),
+                  "must be a SampledSpec")
+
+    @property
+    def n_runs(self) -> int:
+        return math.prod(len(v) for v in self.grid.values()) if self.grid else 1
+
+
+def _check_value(sim: Simulation, key: str, value) -> None:
+    """Validate one swept value with the same rules as the scalar config field."""
+    where = f"grid.{key}"
+    try:
+        if key in ("eta", "eta_p", "alpha_p", "beta"):
+            kw = {key: value}
+            if key == "beta" and sim.model.method == "simsiam":
+                raise ConfigError(key, value, "is not used by method = 'simsiam' (W_a = W)")
+            dataclasses.replace(sim.model, **kw)
+        elif key == "sigma2":
+            check("sigma2", value, sim.model.isotropic, "can be swept with isotropic data only")
+            check_range("sigma2", value, 0, None)
+        elif key in ("seed", "w_scale", "wp_scale"):
+            dataclasses.replace(sim.model.init, **{key: value})
+        elif key == "p0":
+            check_range("p0", value, None, None)
+        elif key == "s0":
+            check_range("s0", value, 0, None, lo_open=True)
+        elif key == "tau":
+            check_range("tau", value, 0, None)
+    except ConfigError as err:
+        raise ConfigError(where, err.value, err.rule) from None
+
+
+def _run_table(sim: Simulation) -> dict[str, np.ndarray]:
+    """Per-run hyperparameters (R,) for every parameter the engines read, swept or not."""
+    m = sim.model
+    base = {
+        "eta": m.eta,
+        "eta_p": m.eta_pred,
+        "alpha_p": m.alpha_p,
+        "beta": m.beta if m.beta is not None else 0.0,
+        "sigma2": m.data.sigma2,
+        "seed": m.init.seed,
+        "w_scale": m.init.w_scale,
+        "wp_scale": m.init.wp_scale,
+        "tau": sim.tau,
+    }
+    keys = list(sim.grid)
+    combos = list(itertools.product(*(sim.grid[k] for k in keys))) if keys else [()]
+    R = len(combos)
+    table = {k: np.full(R, float(v)) for k, v in base.items()}
+    for i, key in enumerate(keys):
+        table[key] = np.array([c[i] for c in combos], dtype=float)
+    if "eta" in sim.grid and "eta_p" not in sim.grid and m.eta_p is None:
+        table["eta_p"] = table["eta"].copy()  # eta_p defaults to eta, run by run
+    table["seed"] = table["seed"].astype(np.int64)
+    return table
+
+
+def _config_json(sim: Simulation) -> str:
+    def enc(o):
+        if dataclasses.is_dataclass(o):
+            return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return repr(o)
+
+    return json.dumps(sim, default=enc, sort_keys=True)
+
+
+def _integrate_system(flow, sim: Simulation, t_save: np.ndarray, progress) -> tuple[IntegrationResult, str]:
+    """Integrate a flow object with the numba kernel where it applies, else with torch."""
+    solver = sim.solver
+    numba_sys = flow.numba_system() if hasattr(flow, "numba_system") else None
+    use_numba = numba_sys is not None and solver.method != "rk4" and sim.backend != "torch"
+    if sim.backend == "numba" and not use_numba:
+        raise ConfigError("backend", "numba", "does not apply here (needs the CPU, an adaptive method and a "
+                          "built-in flow: isotropic matrix flow or per-mode system, no user rule)")
+    if not use_numba:
+        res = integrate(flow.rhs, flow.y0, t_save, solver, params=flow.params, observe=flow.observe,
+                        progress="integrating" if progress else False)
+        return res, "torch"
+    return _integrate_numba(flow, numba_sys, sim, t_save, progress), "numba"
+
+
+def _integrate_numba(flow, numba_sys, sim: Simulation, t_save: np.ndarray, progress) -> IntegrationResult:
+    import time as _time
+
+    from tqdm.auto import tqdm
+
+    from . import _cpu_kernels
+
+    name, prm, cfg, work = numba_sys
+    solver = sim.solver
+    Y0 = flow.y0.numpy()
+    R, n = Y0.shape
+    S = len(t_save)
+    tab = tableau_arrays(solver.method)
+    block = int(max(1, min(R, 2**25 // max(1, S * n))))  # <= ~256 MB of saved states per block
+    values: dict[str, torch.Tensor] = {}
+    stats = np.zeros((R, 4), dtype=np.int64)
+    t_fail = np.full(R, np.nan)
+    start = _time.perf_counter()
+    t_t = torch.as_tensor(t_save)
+    with tqdm(total=R, desc="integrating", unit="run", disable=not progress, leave=False) as bar:
+        for lo in range(0, R, block):
+            hi = min(R, lo + block)
+            out, st, tf = _cpu_kernels.solve_batch(name, Y0[lo:hi], prm[lo:hi], cfg, t_save, tab, solver.rtol,
+                                                   solver.atol, solver.max_steps, solver.blowup, work)
+            stats[lo:hi], t_fail[lo:hi] = st, tf
+            ys = torch.from_numpy(out.reshape(-1, n))
+            sub = {k: v[lo:hi].repeat_interleave(S, dim=0) for k, v in flow.params.items()}
+            obs = flow.observe(t_t.repeat(hi - lo), ys, sub)
+            for key, val in obs.items():
+                val = val.reshape(hi - lo, S, *val.shape[1:])
+                if key not in values:
+                    values[key] = torch.empty((R,) + tuple(val.shape[1:]), dtype=val.dtype)
+                values[key][lo:hi] = val
+            bar.update(hi - lo)
+    return IntegrationResult(
+        t=t_save, values=values, status=stats[:, 0].astype(np.int8), t_fail=t_fail, nfev=stats[:, 1],
+        steps=stats[:, 2], rejected=stats[:, 3], wall=_time.perf_counter() - start,
+        info={"method": solver.method, "block": block, "device": "cpu"},
+    )
+
+
+def collapse_verdicts(s: np.ndarray, status: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-run verdict from s (R, S, k) at the last save: "collapsed" (no mode above tol * max s(0)),
+    "partial", "non-collapsed", or the failure ("blow-up", ...). Returns (verdicts, n_alive)."""
+    ref = np.nanmax(np.abs(s[:, 0, :]), axis=-1)
+    ref = np.where(ref > 0, ref, 1.0)
+    alive = s[:, -1, :] > tol * ref[:, None]
+    n_alive = alive.sum(-1)
+    k = s.shape[-1]
+    verdict = np.where(n_alive == 0, "collapsed", np.where(n_alive == k, "non-collapsed", "partial")).astype(object)
+    for r in np.flatnonzero(status):
+        verdict[r] = STATUS[int(status[r])]
+        n_alive[r] = -1
+    return verdict.astype(str), n_alive
+
+
+def _build_flow(sim: Simulation, table: dict, device):
+    m = sim.model
+    tt = lambda key: torch.as_tensor(table[key], dtype=torch.float64, device=device)  # noqa: E731
+    params = {k: tt(k) for k in ("alpha_p", "eta", "eta_p", "beta", "sigma2")}
+    R = len(table["eta"])
+    if sim.engine == "matrix":
+        init = draw_initial_matrices(m, table["seed"], table["w_scale"], table["wp_scale"])
+        return MatrixFlow(m, params, init, device=device)
+    if sim.engine == "symmetrized":
+        init = draw_initial_matrices(dataclasses.replace(m, predictor="symmetric"), table["seed"],
+                                     table["w_scale"], table["wp_scale"])
+        W0 = torch.as_tensor(init["W"], device=device)
+        Wp0 = torch.as_tensor(init["Wp"], device=device)
+        params["tau"] = tt("tau")
+        return SymmetrizedFlow(W0 @ W0.mT, Wp0, params)
+    # modes: lambda per run (sigma2 may be swept) and initial values per run and mode
+    k = m.n2
+    lam_s = np.empty((R, k))
+    lam_d = np.empty((R, k))
+    for s2 in np.unique(table["sigma2"]):
+        rows = table["sigma2"] == s2
+        ls, ld = m.data.mode_moments(m.n1, k, sigma2=float(s2))
+        lam_s[rows], lam_d[rows] = ls, ld
+
+    def per_mode(key):
+        if key in sim.grid:
+            return np.repeat(table[key][:, None], k, axis=1)
+        v = np.asarray(getattr(sim.modes, key), dtype=float)
+        return np.broadcast_to(v, (R, k)).copy()
+
+    p0, s0 = per_mode("p0"), per_mode("s0")
+    w0 = np.sqrt(s0 / lam_d)
+    wa0 = np.zeros_like(w0) if m.init.wa == "zero" else w0
+    T = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
+    return ModeFlow(m, params, T(lam_s), T(lam_d), T(p0), T(s0), T(wa0))
+
+
+def simulate(sim: Simulation, progress: bool = False) -> xr.Dataset:
+    """Integrate ``sim`` and return the contract Dataset (dims run, time, mode).
+
+    Per-run extras: ``status`` and ``t_fail`` (a blow-up, step-size underflow or step limit, with the
+    time it happened; values after it are NaN), ``verdict`` and ``n_alive`` (collapse at t_end),
+    ``nfev`` (right-hand-side evaluations). Failures also raise a RuntimeWarning naming the runs.
+    """
+    if sim.engine == "sampled":
+        from .sampled import simulate_sampled
+
+        return simulate_sampled(sim, progress=progress)
+    device = sim.solver.torch_device()
+    table = _run_table(sim)
+    flow = _build_flow(sim, table, device)
+    t_save = np.linspace(0.0, sim.t_end, sim.n_save)
+    res, backend = _integrate_system(flow, sim, t_save, progress)
+    return _to_dataset(sim, table, res, backend, source="theory", attrs={"reduced": int(getattr(flow, "reduced", 0))})
+
+
+def _to_dataset(sim: Simulation, table: dict, res: IntegrationResult, backend: str, source: str,
+                extra: dict | None = None, attrs: dict | None = None) -> xr.Dataset:
+    vals = {k: v.numpy() for k, v in res.values.items()}
+    contract = {k: v for k, v in vals.items() if k in ("s", "p", "alignment", "tau", "commutator", "balance",
+                                                      "asymmetry", "loss", "weight_norm")}
+    verdict, n_alive = collapse_verdicts(vals["s"], res.status, sim.collapse_tol)
+    extra_vars = {
+        "status": (("run",), np.array([STATUS[int(c)] for c in res.status])),
+        "t_fail": (("run",), res.t_fail),
+        "verdict": (("run",), verdict),
+        "n_alive": (("run",), n_alive.astype(np.int64)),
+        "nfev": (("run",), res.nfev.astype(np.int64)),
+    }
+    for k, v in vals.items():
+        if k not in contract:
+            extra_vars[k] = (("run", "time") + tuple(f"dim_{k}_{i}" for i in range(v.ndim - 2)), v)
+    extra_vars.update(extra or {})
+    m = sim.model
+    method = m.method if m.stop_grad else f"{m.method}-no-stopgrad"
+    ds = build_dataset(
+        contract, time=res.t, time_units="flow", source=source, method=method, config=_config_json(sim),
+        run_coords={k: table[k] for k in sim.grid} or {"seed": table["seed"]}, extra_vars=extra_vars,
+        attrs={
+            "engine": sim.engine, "backend": backend, "predictor": m.predictor, "solver": sim.solver.method,
+            "rtol": sim.solver.rtol, "atol": sim.solver.atol, "wall_seconds": res.wall, **(attrs or {}),
+        },
+    )
+    fails = res.failures()
+    if fails:
+        head = "; ".join(fails[:5]) + (f"; ... ({len(fails)} runs in all)" if len(fails) > 5 else "")
+        warnings.warn(f"{len(fails)} of {len(res.status)} runs failed: {head}", RuntimeWarning, stacklevel=3)
+    return ds
+
+
+def sweep(sim: Simulation, progress: bool = False) -> xr.Dataset:
+    """:func:`simulate` over ``sim.grid``; the same batched integration, named for the CLI verb."""
+    check("grid", sim.grid, bool(sim.grid), "a sweep needs at least one swept parameter")
+    return simulate(sim, progress=progress)
