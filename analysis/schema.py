@@ -164,10 +164,12 @@ def validate_dataset(ds: xr.Dataset, require: tuple[str, ...] = ()) -> None:
 
 
 def _engine() -> str:
-    for name in ("h5netcdf", "netCDF4"):
+    """netCDF4 if installed, else h5netcdf (with h5py), else scipy's netCDF3 writer."""
+    for engine, modules in (("netcdf4", ("netCDF4",)), ("h5netcdf", ("h5netcdf", "h5py"))):
         try:
-            __import__(name)
-            return name.lower() if name == "h5netcdf" else "netcdf4"
+            for module in modules:
+                __import__(module)
+            return engine
         except ImportError:
             continue
     return "scipy"  # netCDF3; no int64 or unicode variables, see write_netcdf

@@ -12,7 +12,7 @@ import torch
 __all__ = ["eigh_descending", "spectral_quantities", "symmetric_part_norms"]
 
 # Modes with s_j <= TAU_FLOOR * max(s) have no well-defined eigenvector (collapsed or degenerate);
-# tau = w_a/w is reported as NaN there rather than as round-off noise.
+# p, alignment and tau are reported as NaN there rather than as round-off noise.
 TAU_FLOOR = 1e-12
 
 
@@ -44,6 +44,8 @@ def spectral_quantities(
       s          (..., n)  eigenvalues of F, descending
       p          (..., n)  u_j^T W_p u_j
       alignment  (..., n)  cos(W_p u_j, u_j)  (0 where W_p u_j = 0)
+      (p and alignment are NaN for collapsed modes, s_j <= 1e-12 max(s): their eigenvectors are an
+      arbitrary basis of the null space, so the numbers would be noise)
       commutator (...)     ||[F, W_p]||_F / (||F||_F ||W_p||_F)  (0 where a norm is 0)
       asymmetry  (...)     ||W_p - W_p^T||_F / ||W_p||_F
       tau        (..., n)  u_j^T F_a u_j / s_j with F_a = W X W_a^T (NaN for collapsed modes)
@@ -51,11 +53,12 @@ def spectral_quantities(
     """
     s, U = eigh_descending(F)
     out = {"s": s}
+    alive = s > TAU_FLOOR * s.abs().amax(dim=-1, keepdim=True)
     if Wp is not None:
         WpU = Wp @ U
         p = (U * WpU).sum(dim=-2)
-        out["p"] = p
-        out["alignment"] = _safe_ratio(p, WpU.norm(dim=-2))
+        out["p"] = torch.where(alive, p, torch.nan)
+        out["alignment"] = torch.where(alive, _safe_ratio(p, WpU.norm(dim=-2)), torch.nan)
         comm = F @ Wp - Wp @ F
         out["commutator"] = _safe_ratio(
             torch.linalg.matrix_norm(comm), torch.linalg.matrix_norm(F) * torch.linalg.matrix_norm(Wp)
@@ -63,8 +66,7 @@ def spectral_quantities(
         out["asymmetry"] = _safe_ratio(torch.linalg.matrix_norm(Wp - Wp.mT), torch.linalg.matrix_norm(Wp))
     if Fa is not None:
         fa = (U * (Fa @ U)).sum(dim=-2)
-        floor = TAU_FLOOR * s.abs().amax(dim=-1, keepdim=True)
-        out["tau"] = torch.where(s > floor, fa / torch.where(s > floor, s, torch.ones_like(s)), torch.nan)
+        out["tau"] = torch.where(alive, fa / torch.where(alive, s, torch.ones_like(s)), torch.nan)
     return out
 
 

@@ -27,6 +27,10 @@ from .predictor_rules import directset as directset
 from .predictor_rules import make_rule as make_rule
 from .predictor_rules import matrix_rule as matrix_rule
 from .predictor_rules import spectral_rule as spectral_rule
+from .sampled import SampledSpec as SampledSpec
+from .sampled import autograd_gradients as autograd_gradients
+from .sampled import moment_gradients as moment_gradients
+from .sampled import wishart_moments as wishart_moments
 from .simulate import ModeInit as ModeInit
 from .simulate import Simulation as Simulation
 from .simulate import collapse_verdicts as collapse_verdicts

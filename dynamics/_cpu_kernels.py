@@ -19,6 +19,8 @@ import numba as nb
 import numpy as np
 
 _FM = {"reassoc", "contract"}  # lets LLVM vectorise the dot products; results stay deterministic
+# error_model="numpy": IEEE division (inf/NaN, caught by the finiteness checks) instead of Python's
+# ZeroDivisionError, which numba cannot raise from inside a prange loop.
 
 # cfg layout (int64 array shared by all runs)
 #   matrix: [n2, r, predictor(0 learned, 1 symmetric, 2 identity), stop_grad, simsiam]
@@ -28,7 +30,7 @@ _FM = {"reassoc", "contract"}  # lets LLVM vectorise the dot products; results s
 #   modes:  [alpha_p, eta, eta_p, beta, rule_power, rule_eps, rule_floor, lam_s[0:k], lam_d[0:k]]
 
 
-@nb.njit(cache=True, fastmath=_FM)
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
 def _mm_abt(A, B, out):
     """out = A @ B.T for row-major A (n, m), B (p, m): four dot products at a time share A's row."""
     n, m = A.shape
@@ -59,7 +61,7 @@ def _mm_abt(A, B, out):
             j += 1
 
 
-@nb.njit(cache=True, fastmath=_FM)
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
 def matrix_rhs(t, y, prm, cfg, dy, work):
     """Reduced isotropic matrix flow: state C (n2, r), [W_p (n2, n2)], [C_a (n2, r)]."""
     n2, r, pred, stop_grad, simsiam = cfg[0], cfg[1], cfg[2], cfg[3], cfg[4]
@@ -150,7 +152,7 @@ def matrix_work_size(n2: int, r: int) -> int:
     return 3 * n2 * r + 2 * n2 * n2
 
 
-@nb.njit(cache=True, fastmath=_FM)
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
 def mode_rhs(t, y, prm, cfg, dy, work):
     """Per-mode system: state [p (k)], w (k), [w_a (k)]."""
     k, pred, stop_grad, simsiam, normalize = cfg[0], cfg[1], cfg[2], cfg[3], cfg[4]
@@ -191,7 +193,17 @@ def mode_rhs(t, y, prm, cfg, dy, work):
             dy[off + k + j] = beta * (w[j] - wa[j])
 
 
-@nb.njit(cache=True, fastmath=_FM)
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _rhs(system, t, y, prm, cfg, dy, work):
+    # a branch rather than a function argument: numba cannot reuse its on-disk cache across
+    # processes for functions that take other jitted functions as arguments
+    if system == 0:
+        matrix_rhs(t, y, prm, cfg, dy, work)
+    else:
+        mode_rhs(t, y, prm, cfg, dy, work)
+
+
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
 def _rms_scaled(a, scale):
     acc = 0.0
     for j in range(a.size):
@@ -200,7 +212,7 @@ def _rms_scaled(a, scale):
     return math.sqrt(acc / a.size)
 
 
-@nb.njit(cache=True, fastmath=_FM)
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
 def _combine(coef, K, m, out):
     """out = sum_l coef[l] K[l] over the first m rows, as contiguous axpys."""
     for j in range(out.size):
@@ -213,8 +225,8 @@ def _combine(coef, K, m, out):
                 out[j] += c * row[j]
 
 
-@nb.njit(cache=True, fastmath=_FM)
-def _solve_run(rhs, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _solve_run(system, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
                rtol, atol, max_steps, blowup, out, K, y, ytmp, scale, e1, e2, work, stats, tfail):
     n = y0.size
     S = t_save.size
@@ -226,7 +238,7 @@ def _solve_run(rhs, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expone
     for j in range(n):
         ymax = max(ymax, abs(y0[j]))
     limit = blowup * ymax
-    rhs(t, y, prm, cfg, K[0], work)
+    _rhs(system, t, y, prm, cfg, K[0], work)
     nfev = 1
     # Hairer's starting step (as scipy's select_initial_step)
     for j in range(n):
@@ -236,7 +248,7 @@ def _solve_run(rhs, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expone
     h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
     for j in range(n):
         ytmp[j] = y[j] + h0 * K[0, j]
-    rhs(t + h0, ytmp, prm, cfg, K[1], work)
+    _rhs(system, t + h0, ytmp, prm, cfg, K[1], work)
     nfev += 1
     for j in range(n):
         K[2, j] = K[1, j] - K[0, j]
@@ -262,7 +274,7 @@ def _solve_run(rhs, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expone
                 if a != 0.0:
                     for j in range(n):
                         ytmp[j] += a * K[l, j]
-            rhs(t + Cc[i] * h_eff, ytmp, prm, cfg, K[i], work)
+            _rhs(system, t + Cc[i] * h_eff, ytmp, prm, cfg, K[i], work)
         for j in range(n):
             ynew[j] = y[j]
         for l in range(s):
@@ -270,7 +282,7 @@ def _solve_run(rhs, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expone
             if b != 0.0:
                 for j in range(n):
                     ynew[j] += b * K[l, j]
-        rhs(t + h_eff, ynew, prm, cfg, K[s], work)
+        _rhs(system, t + h_eff, ynew, prm, cfg, K[s], work)
         nfev += s
         finite = True
         for j in range(n):
@@ -337,8 +349,8 @@ def _solve_run(rhs, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expone
     tfail[0] = t if status != 0 else math.nan
 
 
-@nb.njit(cache=True, parallel=True)
-def _solve_batch(rhs, Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
+@nb.njit(cache=True, parallel=True, error_model="numpy")
+def _solve_batch(system, Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
                  rtol, atol, max_steps, blowup, work_size, out, stats, tfail):
     R, n = Y0.shape
     for r in nb.prange(R):
@@ -349,7 +361,7 @@ def _solve_batch(rhs, Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
         e1 = np.empty(n)
         e2 = np.empty(n)
         work = np.empty(max(work_size, 1))
-        _solve_run(rhs, Y0[r], PRM[r], cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
+        _solve_run(system, Y0[r], PRM[r], cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
                    rtol, atol, max_steps, blowup, out[r], K, y, ytmp, scale, e1, e2, work, stats[r], tfail[r:r + 1])
 
 
@@ -358,7 +370,7 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
 
     stats columns: status (0 ok, 1 blow-up, 2 step-size underflow, 3 max steps), nfev, steps, rejected.
     """
-    rhs = {"matrix": matrix_rhs, "modes": mode_rhs}[system]
+    code = {"matrix": 0, "modes": 1}[system]
     Y0 = np.ascontiguousarray(Y0, dtype=np.float64)
     PRM = np.ascontiguousarray(PRM, dtype=np.float64)
     R, n = Y0.shape
@@ -370,7 +382,7 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
     E = tab["E"] if tab["E"] is not None else np.zeros(tab["s"] + 1)
     E3 = tab["E3"] if tab["E3"] is not None else np.zeros(tab["s"] + 1)
     E5 = tab["E5"] if tab["E5"] is not None else np.zeros(tab["s"] + 1)
-    _solve_batch(rhs, Y0, PRM, np.asarray(cfg, dtype=np.int64), np.asarray(t_save, dtype=np.float64),
+    _solve_batch(code, Y0, PRM, np.asarray(cfg, dtype=np.int64), np.asarray(t_save, dtype=np.float64),
                  tab["A"], tab["B"], tab["C"], E, E3, E5, tab["s"], tab["dop853"], tab["exponent"], tab["order"],
                  float(rtol), float(atol), int(max_steps), float(blowup), int(work_size), out, stats, tfail)
     return out, stats, tfail

@@ -178,7 +178,11 @@ class CorrelationEMA:
     @torch.no_grad()
     def update(self, f: torch.Tensor) -> torch.Tensor:
         """Add a batch of features f (..., B, d); returns F-hat (..., d, d)."""
-        batch = f.mT @ f / f.shape[-2]
+        return self.update_correlation(f.mT @ f / f.shape[-2])
+
+    @torch.no_grad()
+    def update_correlation(self, batch: torch.Tensor) -> torch.Tensor:
+        """Add a batch correlation E_B[f f^T] (..., d, d) directly; returns F-hat."""
         self.count += 1
         if self.F is None:
             self.F = batch.clone()

@@ -29,6 +29,7 @@ from .integrate import STATUS, IntegrationResult, Solver, integrate, tableau_arr
 from .matrix_flow import MatrixFlow, SymmetrizedFlow, draw_initial_matrices
 from .mode_flow import ModeFlow
 from .model import LinearModel
+from .sampled import SampledSpec
 
 __all__ = ["ENGINES", "ModeInit", "Simulation", "collapse_verdicts", "simulate", "sweep"]
 
@@ -39,17 +40,20 @@ SWEEPABLE = {
     "matrix": _COMMON + ("seed", "w_scale", "wp_scale"),
     "modes": _COMMON + ("p0", "s0"),
     "symmetrized": ("eta", "alpha_p", "sigma2", "tau", "seed", "w_scale", "wp_scale"),
-    "sampled": _COMMON + ("seed", "w_scale", "wp_scale"),
+    "sampled": _COMMON + ("seed", "w_scale", "wp_scale", "batch"),
 }
 
 
 @dataclass(frozen=True)
 class ModeInit:
     """Initial state of the per-mode engine: p_j(0) and s_j(0) = lambda_d w_j(0)^2, one value for all
-    modes or one per mode. w_a(0) follows ``model.init.wa`` ("zero" or "copy")."""
+    modes or one per mode. ``on_parabola = true`` starts on the invariant parabola instead,
+    s_j(0) = lambda_d p_j(0)^2 / alpha_p (c_j = 0; s0 is then ignored). w_a(0) follows
+    ``model.init.wa`` ("zero" or "copy")."""
 
     p0: float | tuple[float, ...] = 0.2
     s0: float | tuple[float, ...] = 0.2
+    on_parabola: bool = False
 
     def __post_init__(self):
         check_range("p0", self.p0, None, None)
@@ -75,7 +79,7 @@ class Simulation:
     tau: float = 1.0  # the symmetrized engine's constant tau
     backend: str = "auto"
     collapse_tol: float = 1e-6
-    sampled: object | None = None  # a SampledSpec for engine = "sampled"
+    sampled: SampledSpec | None = None  # finite-batch SGD settings for engine = "sampled"
 
     def __post_init__(self):
         check_choice("engine", self.engine, ENGINES)
@@ -106,11 +110,8 @@ class Simulation:
                 v = getattr(self.modes, key)
                 if isinstance(v, (list, tuple)):
                     check(f"modes.{key}", v, len(v) == self.model.n2, f"needs one value per mode (n2 = {self.model.n2})")
-        if self.engine == "sampled":
-            from .sampled import SampledSpec
-
-            check("sampled", self.sampled, self.sampled is None or isinstance(self.sampled, SampledSpec),
-                  "must be a SampledSpec")
+        check("sampled", self.sampled, self.sampled is None or isinstance(self.sampled, SampledSpec),
+              "must be a SampledSpec")
 
     @property
     def n_runs(self) -> int:
@@ -137,6 +138,10 @@ def _check_value(sim: Simulation, key: str, value) -> None:
             check_range("s0", value, 0, None, lo_open=True)
         elif key == "tau":
             check_range("tau", value, 0, None)
+        elif key == "batch":
+            check_range("batch", value, 1, 10**7, integer=True)
+            grad = sim.sampled.gradient if sim.sampled is not None else "autograd"
+            check("batch", value, grad == "wishart", "can be swept only with sampled.gradient = 'wishart'")
     except ConfigError as err:
         raise ConfigError(where, err.value, err.rule) from None
 
@@ -154,6 +159,7 @@ def _run_table(sim: Simulation) -> dict[str, np.ndarray]:
         "w_scale": m.init.w_scale,
         "wp_scale": m.init.wp_scale,
         "tau": sim.tau,
+        "batch": sim.sampled.batch if sim.sampled is not None else 256,
     }
     keys = list(sim.grid)
     combos = list(itertools.product(*(sim.grid[k] for k in keys))) if keys else [()]
@@ -164,6 +170,7 @@ def _run_table(sim: Simulation) -> dict[str, np.ndarray]:
     if "eta" in sim.grid and "eta_p" not in sim.grid and m.eta_p is None:
         table["eta_p"] = table["eta"].copy()  # eta_p defaults to eta, run by run
     table["seed"] = table["seed"].astype(np.int64)
+    table["batch"] = table["batch"].astype(np.int64)
     return table
 
 
@@ -280,6 +287,9 @@ def _build_flow(sim: Simulation, table: dict, device):
         return np.broadcast_to(v, (R, k)).copy()
 
     p0, s0 = per_mode("p0"), per_mode("s0")
+    if sim.modes.on_parabola:  # w^2 = p^2 / alpha_p, i.e. c = 0 in Theorem 1's invariant
+        s0 = lam_d * p0**2 / table["alpha_p"][:, None]
+        check("modes.p0", "0", bool(np.all(s0 > 0)), "must be non-zero when on_parabola = true")
     w0 = np.sqrt(s0 / lam_d)
     wa0 = np.zeros_like(w0) if m.init.wa == "zero" else w0
     T = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731

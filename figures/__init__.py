@@ -1,1 +1,6 @@
-"""placeholder"""
+"""Figures of data-contract Datasets (matplotlib; imports only xarray, numpy and matplotlib)."""
+
+from .phase import collapse_phase_diagram as collapse_phase_diagram
+from .style import new_figure as new_figure
+from .style import save_figure as save_figure
+from .trajectories import eigenvalue_trajectories as eigenvalue_trajectories

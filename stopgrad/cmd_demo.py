@@ -1,0 +1,23 @@
+"""Verb ``demo``: the main job on embedded defaults (see stopgrad.demo)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), seed=args.seed, checks=not args.skip_check, progress=sys.stderr.isatty())
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on embedded defaults: checks, simulations, figures, report",
+                       description="Run stopgrad check, the default linear BYOL flow, a collapse phase diagram and "
+                                   "sampled SGD vs the flow; write data, figures and report.md to --out.")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random checks")
+    p.add_argument("--skip-check", action="store_true", help="skip stopgrad check (faster)")
+    p.set_defaults(func=cmd_demo)
