@@ -1,0 +1,182 @@
+"""Spectral probes of a training run, recorded into the design's xarray data contract (``source = "measured"``).
+
+Every ``probe.every`` optimizer steps, from the step's batch (before its update is applied):
+
+* ``s`` (time, mode): eigenvalues, descending, of F-hat, the running (rho-EMA, un-centred) correlation of
+  the online projector outputs -- the predictor rule's own F-hat when the method has a rule, else a
+  probe-owned one updated every step with ``probe.rho``;
+* ``p``, ``alignment`` (time, mode) and ``commutator``, ``asymmetry`` (time), for linear predictors, from
+  :func:`stopgrad.analysis.spectral_quantities` (p_j = u_j^T W_p u_j, cos(W_p u_j, u_j));
+* ``std_l2``, ``effective_rank`` (Roy-Vetterli, singular values), ``rankme``, ``uniformity`` (t = 2) of the
+  first view's projector outputs (at most ``probe.max_samples`` rows) and ``align_loss`` between the two
+  views' outputs; one SVD serves both ranks (``analysis.entropy_rank`` of the singular values is exactly
+  what ``effective_rank``/``rankme`` compute);
+* ``loss``: the mean training loss over the steps since the previous probe (this one included);
+* ``neg_dist`` (GSG): the mean Euclidean distance of the negative pairs over the same steps;
+* ``knn_acc`` at the end of each evaluated epoch (NaN elsewhere).
+
+Time is the number of optimizer updates applied before the measurement (``attrs["units"] = "step"``), with
+``epoch`` (= time / steps_per_epoch) as an extra coordinate; ``lr`` and ``ema_momentum`` are recorded too,
+for the optimizer-to-flow unit mapping. The wall time spent in probes is measured (``time_spent``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from stopgrad.analysis import (
+    align_loss,
+    build_dataset,
+    entropy_rank,
+    spectral_quantities,
+    std_of_l2_normalized,
+    uniformity,
+)
+from stopgrad.dynamics import CorrelationEMA
+
+from .config import ProbeConfig
+
+__all__ = ["SpectralProbe"]
+
+_SCALARS = ("commutator", "asymmetry", "std_l2", "effective_rank", "rankme", "uniformity", "align_loss",
+            "loss", "neg_dist", "knn_acc")
+_MODES = ("s", "p", "alignment")
+_EXTRA = ("lr", "ema_momentum")
+
+
+class SpectralProbe:
+    """Collects probe records during training and turns them into a contract Dataset.
+
+    Args:
+        cfg: probe settings.
+        has_rule_fhat: the method keeps its own F-hat (a predictor rule); otherwise the probe keeps one.
+        steps_per_epoch: for the ``epoch`` coordinate.
+    """
+
+    def __init__(self, cfg: ProbeConfig, steps_per_epoch: int, has_rule_fhat: bool = False):
+        self.cfg = cfg
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.fhat = None if has_rule_fhat else CorrelationEMA(cfg.rho, 1)
+        self.records: dict[int, dict] = {}
+        self.time_spent = 0.0
+        self._loss_sum: torch.Tensor | None = None
+        self._neg_sum: torch.Tensor | None = None
+        self._count = 0
+
+    # -- every step ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def observe(self, out: dict) -> None:
+        """Per-step bookkeeping on the device (no synchronisation): F-hat EMA, loss and neg_dist sums."""
+        if self.cfg.every == 0:
+            return
+        t0 = time.perf_counter()
+        if self.fhat is not None:
+            self.fhat.update(out["z"].float())
+        loss = out["loss"].detach().float()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        if out.get("neg_dist") is not None:
+            nd = out["neg_dist"].detach().float()
+            self._neg_sum = nd if self._neg_sum is None else self._neg_sum + nd
+        self._count += 1
+        self.time_spent += time.perf_counter() - t0
+
+    def due(self, step: int) -> bool:
+        return self.cfg.every > 0 and step % self.cfg.every == 0
+
+    # -- probe steps -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def record(self, step: int, out: dict, batch: int, fhat: torch.Tensor | None, Wp: torch.Tensor | None,
+               lr: float = math.nan, ema_momentum: float = math.nan) -> None:
+        """Measure at ``step`` from the step's outputs ``out`` (``z`` holds view 1 then view 2, ``batch`` rows
+        each), the method's F-hat (None: the probe's own) and the linear predictor W_p (or None)."""
+        t0 = time.perf_counter()
+        F = fhat if fhat is not None else (self.fhat.F if self.fhat is not None else None)
+        z = out["z"]
+        n = min(batch, self.cfg.max_samples)
+        z1 = z[:n].double()
+        rec: dict = {}
+        if F is not None:
+            Wd = Wp.double() if Wp is not None else None
+            sq = spectral_quantities(F.double(), Wd)
+            for k in ("s", "p", "alignment"):
+                if k in sq:
+                    rec[k] = sq[k]
+            for k in ("commutator", "asymmetry"):
+                if k in sq:
+                    rec[k] = sq[k]
+        rec["std_l2"] = std_of_l2_normalized(z1)
+        sv = torch.linalg.svdvals(z1)
+        rec["effective_rank"] = entropy_rank(sv) if bool(sv.sum() > 0) else torch.zeros((), dtype=sv.dtype)
+        rec["rankme"] = entropy_rank(sv, eps=1e-7)
+        rec["uniformity"] = uniformity(z1)
+        if z.shape[0] >= 2 * batch:
+            rec["align_loss"] = align_loss(z1, z[batch : batch + n].double())
+        if self._count:
+            rec["loss"] = self._loss_sum / self._count
+            if self._neg_sum is not None:
+                rec["neg_dist"] = self._neg_sum / self._count
+        rec = {k: v.detach().cpu() for k, v in rec.items()}  # one synchronisation
+        rec["lr"], rec["ema_momentum"] = float(lr), float(ema_momentum)
+        self._loss_sum = self._neg_sum = None
+        self._count = 0
+        self.records.setdefault(int(step), {}).update(rec)
+        self.time_spent += time.perf_counter() - t0
+
+    def record_knn(self, step: int, acc: float) -> None:
+        self.records.setdefault(int(step), {})["knn_acc"] = float(acc)
+
+    # -- output ------------------------------------------------------------------------------------------------
+    def to_dataset(self, method: str, config: str, attrs: dict | None = None):
+        """The records as a contract Dataset (None when nothing was recorded)."""
+        if not self.records:
+            return None
+        times = sorted(self.records)
+        n_mode = max((self.records[t]["s"].shape[-1] for t in times if "s" in self.records[t]), default=0)
+        data: dict[str, np.ndarray] = {}
+        for name in _MODES:
+            if n_mode and any(name in self.records[t] for t in times):
+                arr = np.full((len(times), n_mode), np.nan)
+                for i, t in enumerate(times):
+                    if name in self.records[t]:
+                        arr[i] = self.records[t][name].numpy()
+                data[name] = arr
+        for name in _SCALARS:
+            if any(name in self.records[t] for t in times):
+                data[name] = np.array([float(self.records[t].get(name, math.nan)) for t in times])
+        extra = {}
+        for name in _EXTRA:
+            vals = np.array([float(self.records[t].get(name, math.nan)) for t in times])
+            if not np.all(np.isnan(vals)):
+                extra[name] = (("time",), vals)
+        ds = build_dataset(data, time=np.asarray(times, dtype=float), time_units="step", source="measured",
+                           method=method, config=config, extra_vars=extra, attrs=attrs or {})
+        return ds.assign_coords(epoch=("time", np.asarray(times, dtype=float) / self.steps_per_epoch))
+
+    # -- checkpointing -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        recs = {int(t): {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in r.items()}
+                for t, r in self.records.items()}
+        return {
+            "records": recs,
+            "fhat": self.fhat.state_dict() if self.fhat is not None else None,
+            "loss_sum": self._loss_sum,
+            "neg_sum": self._neg_sum,
+            "count": self._count,
+            "time_spent": self.time_spent,
+        }
+
+    def load_state_dict(self, state: dict, device=None) -> None:
+        self.records = {int(t): dict(r) for t, r in state["records"].items()}
+        if self.fhat is not None and state.get("fhat") is not None:
+            st = dict(state["fhat"])
+            if st.get("F") is not None and device is not None:
+                st["F"] = st["F"].to(device)
+            self.fhat.load_state_dict(st)
+        mv = (lambda v: v.to(device) if (v is not None and device is not None) else v)  # noqa: E731
+        self._loss_sum, self._neg_sum = mv(state.get("loss_sum")), mv(state.get("neg_sum"))
+        self._count = int(state.get("count", 0))
+        self.time_spent = float(state.get("time_spent", 0.0))

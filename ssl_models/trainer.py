@@ -1,0 +1,506 @@
+"""The training loop: data on the device, batched augmentation, one optimizer step per global batch,
+probes, kNN monitor, atomic checkpoints, resume, DDP.
+
+Determinism: every random draw comes from ``train.seed``: the network init (torch's global RNG seeded
+before construction), the data order (a fresh generator per epoch, seeded from seed and epoch), the
+augmentation parameters (one generator on the device, checkpointed) and the method's own draws (GSG's
+partners, MoCo's shuffle; one generator per process, checkpointed). On the CPU a resumed run continues
+bitwise to the same weights as an uninterrupted one.
+
+DDP (launched by ``torchrun``): every process holds the whole uint8 dataset, draws the same global batch
+indices and the same augmentation parameters for the global batch, and augments and trains on its
+interleaved shard (rank r takes samples r, r + W, ...). Gradients are averaged by DDP; SyncBatchNorm on
+CUDA (``train.sync_bn``), per-process BatchNorm otherwise (a one-process run with ``train.bn_splits = W``
+normalises identically). Only rank 0 writes files and evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stopgrad.analysis import write_netcdf
+from stopgrad.dynamics import ConfigError
+
+from . import distributed as D
+from .augment import EvalTransform, GPUAugment
+from .batchnorm import convert_split_batchnorm
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import TrainConfig, config_to_dict, config_to_toml
+from .data import ImageData, load_image_data
+from .errors import TrainingError
+from .evaluation import knn_monitor
+from .methods import build_method
+from .optim import LRSchedule, build_optimizer
+from .probes import SpectralProbe
+
+__all__ = ["TrainResult", "Trainer", "train"]
+
+#: config keys that may differ between a run and its resumption (they do not change the trajectory).
+RESUME_FREE = {"train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
+               "train.compile", "train.compile_mode", "data.root", "data.download"}
+RESUME_FREE_TABLES = ("eval.",)
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports; also written to ``DIR/summary.json``."""
+
+    out_dir: str
+    steps: int
+    epochs: float
+    status: str  # "finished", "max_steps" or "interrupted"
+    final_loss: float
+    knn_last: float | None
+    knn_best: float | None
+    train_seconds: float
+    images_per_second: float
+    probe_seconds: float
+    probe_fraction: float
+    device: str
+    world_size: int
+
+
+def write_metrics_file(ds, path: Path) -> Path:
+    """``analysis.write_netcdf``; if the netCDF backend it picks cannot load (h5netcdf without h5py), write
+    atomically with the next available engine instead."""
+    try:
+        return write_netcdf(ds, path)
+    except ImportError:
+        pass
+    import tempfile
+
+    for engine in ("netcdf4", "scipy"):
+        try:
+            __import__("netCDF4" if engine == "netcdf4" else "scipy.io")
+        except ImportError:
+            continue
+        out = ds
+        if engine == "scipy":
+            out = ds.copy()
+            for name, var in list(out.variables.items()):
+                if var.dtype == "int64":
+                    out[name] = var.astype("int32")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            out.to_netcdf(tmp, engine=engine)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+    raise TrainingError("no netCDF backend available to write metrics.nc (install netCDF4, h5netcdf+h5py or scipy)")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag checked between steps (a second SIGINT interrupts at once)."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _log(msg: str) -> None:
+    if D.is_main():
+        print(f"stopgrad: {msg}", file=sys.stderr, flush=True)
+
+
+class Trainer:
+    """One training run. ``Trainer(cfg, out_dir).run()`` trains and writes the run folder:
+
+    * ``checkpoint.pt``: the latest checkpoint (every ``train.checkpoint_every`` epochs and at exit),
+    * ``metrics.nc``: the probes Dataset (data contract, ``source = "measured"``),
+    * ``config.toml``: the config, ``summary.json``: the :class:`TrainResult`.
+
+    Args:
+        cfg: the run's configuration.
+        out_dir: the run folder (None: write nothing; for benchmarks).
+        data_root: overrides ``cfg.data.root`` / $STOPGRAD_DATA.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun each process takes its local GPU).
+        resume: continue from ``out_dir/checkpoint.pt``.
+        data: an already loaded dataset (skips loading).
+    """
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike | None, *, data_root=None, device: str = "auto",
+                 resume: bool = False, data: ImageData | None = None):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.data_root = data_root
+        self.device_arg = device
+        self.resume = resume
+        self.data = data
+        self._setup_done = False
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _check_folder(self) -> None:
+        if self.out_dir is None:
+            if self.resume:
+                raise TrainingError("resume needs a run folder")
+            return
+        ckpt = self.out_dir / CHECKPOINT_NAME
+        if self.resume and not ckpt.is_file():
+            raise TrainingError(f"--resume: {self.out_dir} holds no {CHECKPOINT_NAME} to resume from")
+        if not self.resume and ckpt.is_file():
+            raise TrainingError(f"{self.out_dir} already holds a run ({CHECKPOINT_NAME}); "
+                                "pass --resume to continue it, or choose another --out")
+
+    def setup(self) -> Trainer:
+        """Check inputs, load data, build everything, restore a checkpoint if resuming."""
+        if self._setup_done:
+            return self
+        cfg = self.cfg
+        self._check_folder()
+        ws_env = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.train.batch_size % ws_env:
+            raise ConfigError("train.batch_size", cfg.train.batch_size,
+                              f"must be divisible by the number of processes ({ws_env})")
+        self.dist = D.init_distributed(self.device_arg)
+        self.device = dev = self.dist.device
+        self.rank, self.world = self.dist.rank, self.dist.world_size
+        self.local_batch = cfg.train.batch_size // self.world
+        if self.data is None:
+            self.data = load_image_data(cfg.data, self.data_root, min_train=cfg.train.batch_size, seed=cfg.train.seed)
+        elif self.data.train_images.shape[0] < cfg.train.batch_size:
+            raise TrainingError(f"train.batch_size = {cfg.train.batch_size} is larger than the training set "
+                                f"({self.data.train_images.shape[0]} images)")
+        data = self.data
+        n_train = data.train_images.shape[0]
+        self.steps_per_epoch = n_train // cfg.train.batch_size
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.stop_step = min(self.total_steps, cfg.train.max_steps) if cfg.train.max_steps else self.total_steps
+
+        prec = cfg.train.precision
+        self.amp_dtype = torch.bfloat16 if (prec == "bf16" or (prec == "auto" and dev.type == "cuda")) else None
+        torch.manual_seed(cfg.train.seed)
+        method = build_method(cfg)
+        if cfg.train.bn_splits > 1:
+            convert_split_batchnorm(method, cfg.train.bn_splits)
+        elif self.world > 1 and dev.type == "cuda" and cfg.train.sync_bn:
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        method.to(dev)
+        if cfg.train.channels_last:
+            method.to(memory_format=torch.channels_last)
+        method.total_steps = self.total_steps
+        method.generator = torch.Generator(device=dev)
+        method.generator.manual_seed(cfg.train.seed * 1_000_003 + 2 + self.rank)
+        self.method = method
+        self.lr = cfg.effective_lr
+        self.optimizer = build_optimizer(cfg.optim, method.param_groups(), self.lr)
+        self.schedule = LRSchedule(cfg.optim, self.total_steps, self.steps_per_epoch, self.lr)
+
+        self.train_images = data.train_images.to(dev)
+        out_dtype = self.amp_dtype if (self.amp_dtype is not None and dev.type == "cuda") else torch.float32
+        self.augment = GPUAugment(cfg.augment, data.image_size, data.mean, data.std, out_dtype=out_dtype,
+                                  channels_last=cfg.train.channels_last)
+        self.eval_transform = EvalTransform(self.augment.size, data.mean, data.std,
+                                            channels_last=cfg.train.channels_last)
+        self.aug_gen = torch.Generator(device=dev)
+        self.aug_gen.manual_seed(cfg.train.seed * 1_000_003 + 1)
+        self.probe = SpectralProbe(cfg.probe, self.steps_per_epoch, has_rule_fhat=method.fhat is not None)
+        self.knn_history: list[tuple[int, float]] = []
+        self.step = 0
+        self.train_seconds = 0.0
+        self.last_loss = math.nan
+
+        if self.resume:
+            self._restore(load_checkpoint(self.out_dir / CHECKPOINT_NAME, map_location="cpu"))
+        if cfg.train.compile and dev.type != "cuda":
+            _log("train.compile is for CUDA runs; running eager on the CPU")
+        if cfg.train.compile and dev.type == "cuda":
+            for net in method.networks():
+                net.compile(mode=cfg.train.compile_mode)
+            self.augment.compile(mode="default")
+        if self.world > 1:
+            ids = [dev.index] if dev.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(method, device_ids=ids)
+        else:
+            self.model = method
+        if self.out_dir is not None and D.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.toml").write_text(config_to_toml(cfg))
+        self._setup_done = True
+        return self
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        gens = [self.method.generator.get_state()]
+        if self.world > 1:
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, gens[0])
+            gens = gathered
+        return {
+            "format": 1,
+            "config": config_to_dict(self.cfg),
+            "step": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.world,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "aug_rng": self.aug_gen.get_state(),
+            "method_rng": gens,
+            "torch_rng": torch.get_rng_state(),
+            "probe": self.probe.state_dict(),
+            "knn": [[int(s), float(a)] for s, a in self.knn_history],
+            "train_seconds": self.train_seconds,
+            "last_loss": float(self.last_loss),
+        }
+
+    def _restore(self, state: dict) -> None:
+        saved = _flatten(state.get("config", {}))
+        now = _flatten(config_to_dict(self.cfg))
+        for key in sorted(set(saved) | set(now)):
+            if key in RESUME_FREE or key.startswith(RESUME_FREE_TABLES):
+                continue
+            if saved.get(key) != now.get(key):
+                raise TrainingError(f"--resume: the config differs from the checkpoint's at {key} "
+                                    f"({saved.get(key)!r} there, {now.get(key)!r} now)")
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise TrainingError(f"--resume: {state['steps_per_epoch']} steps per epoch in the checkpoint, "
+                                f"{self.steps_per_epoch} now (different data?)")
+        if state["world_size"] != self.world:
+            _log(f"resuming a {state['world_size']}-process run with {self.world} processes "
+                 "(not bitwise identical)")
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aug_gen.set_state(state["aug_rng"].to(self.aug_gen.get_state().device))
+        gens = state["method_rng"]
+        if self.rank < len(gens):
+            self.method.generator.set_state(gens[self.rank])
+        torch.set_rng_state(state["torch_rng"])
+        self.probe.load_state_dict(state["probe"], device=self.device)
+        self.knn_history = [(int(s), float(a)) for s, a in state["knn"]]
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.last_loss = float(state.get("last_loss", math.nan))
+        _log(f"resumed {self.out_dir} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
+
+    def save(self) -> None:
+        """Write the checkpoint and metrics.nc (rank 0; the other processes only join the gathers)."""
+        state = self._state()
+        if self.out_dir is not None and D.is_main():
+            save_checkpoint(state, self.out_dir / CHECKPOINT_NAME)
+            self.write_metrics()
+
+    def dataset(self):
+        cfg = self.cfg
+        attrs = {
+            "dataset": cfg.data.name, "arch": cfg.encoder.arch, "batch_size": cfg.train.batch_size,
+            "lr": self.lr, "weight_decay": cfg.optim.weight_decay,
+            "predictor_lr": self.lr * cfg.optim.predictor_lr_ratio,
+            "predictor_weight_decay": (cfg.optim.weight_decay if cfg.optim.predictor_weight_decay is None
+                                       else cfg.optim.predictor_weight_decay),
+            "sgd_momentum": cfg.optim.momentum, "optimizer": cfg.optim.name,
+            "ema_momentum": cfg.method.momentum if self.method_has_target() else math.nan,
+            "predictor": cfg.predictor.kind, "steps_per_epoch": self.steps_per_epoch,
+            "probe_every": cfg.probe.every, "probe_seconds": self.probe.time_spent,
+            "probe_fraction": self.probe.time_spent / self.train_seconds if self.train_seconds else math.nan,
+            "train_seconds": self.train_seconds, "world_size": self.world, "device": str(self.device),
+            "seed": cfg.train.seed,
+        }
+        if self.method.rule is not None:
+            attrs["predictor_rule"] = self.method.rule.name
+        return self.probe.to_dataset(cfg.method.name, config_to_toml(cfg), attrs)
+
+    def method_has_target(self) -> bool:
+        return hasattr(self.method, "target") and getattr(self.method, "use_ema", True)
+
+    def write_metrics(self) -> None:
+        ds = self.dataset()
+        if ds is not None and self.out_dir is not None:
+            write_metrics_file(ds, self.out_dir / "metrics.nc")
+
+    # ---------------------------------------------------------------------------------------------- the step
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of the training set (same on every process), on the device."""
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + 7919 * (epoch + 1))
+        return torch.randperm(self.train_images.shape[0], generator=g).to(self.device)
+
+    def views(self, global_idx: torch.Tensor) -> list[torch.Tensor]:
+        """The method's augmented views of this process's shard of the global batch ``global_idx``."""
+        shard = slice(self.rank, None, self.world)
+        x = self.train_images[global_idx[shard]]
+        out = []
+        for _ in range(self.method.n_views):
+            params = self.augment.sample(global_idx.shape[0], self.aug_gen)
+            if self.world > 1:
+                params = params.select(shard)
+            out.append(self.augment.apply(x, params))
+        return out
+
+    def train_step(self, global_idx: torch.Tensor) -> dict:
+        """One optimizer step on the global batch ``global_idx`` (B,); returns the method's outputs."""
+        step = self.step
+        lr = self.schedule.apply(self.optimizer, step)
+        views = self.views(global_idx)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                            enabled=self.amp_dtype is not None):
+            out = self.model(views)
+        loss = out["loss"]
+        if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
+            self._nonfinite(float(loss.detach()))
+        self.probe.observe(out)
+        if self.probe.due(step) and D.is_main():
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            mom = self.method.momentum_at(step) if self.method_has_target() else math.nan
+            self.probe.record(step, out, self.local_batch, self.method.fhat.F if self.method.fhat else None,
+                              self.method.predictor_matrix(), lr=lr, ema_momentum=mom)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.method.on_step_end(step)
+        self.step += 1
+        return out
+
+    def _nonfinite(self, value: float) -> None:
+        ckpt = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+        if self.out_dir is not None and D.is_main():
+            self.write_metrics()
+        kept = (f"the last good checkpoint {ckpt} is kept" if ckpt is not None and ckpt.is_file()
+                else "no checkpoint had been written yet")
+        raise TrainingError(f"the loss became {value} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}); "
+                            f"training stopped and {kept}. Lower optim.lr, or check the data and augmentation")
+
+    # ---------------------------------------------------------------------------------------------- the loop
+    def evaluate_knn(self) -> float | None:
+        acc = None
+        if D.is_main():
+            acc = knn_monitor(self.method.backbone, self.data, self.cfg.eval, self.eval_transform, self.device,
+                              self.amp_dtype if self.device.type == "cuda" else None)
+            self.knn_history.append((self.step, acc))
+            self.probe.record_knn(self.step, acc)
+        D.barrier()
+        return acc
+
+    def run(self) -> TrainResult:
+        """Train to ``train.epochs`` (or ``train.max_steps``), writing checkpoints and metrics."""
+        from tqdm.auto import tqdm
+
+        self.setup()
+        cfg = self.cfg
+        spe = self.steps_per_epoch
+        log_every = cfg.train.log_every
+        status = "finished" if self.stop_step == self.total_steps else "max_steps"
+        bar = tqdm(total=self.stop_step, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0,
+                   disable=not (cfg.train.progress and D.is_main()), desc=f"{cfg.method.name}")
+        bad = None
+        pending = 0
+        halted = False
+        with _StopRequest() as stop:
+            while self.step < self.stop_step:
+                epoch, pos = divmod(self.step, spe)
+                order = self.epoch_order(epoch)
+                t0 = time.perf_counter()
+                while pos < spe and self.step < self.stop_step:
+                    idx = order[pos * cfg.train.batch_size : (pos + 1) * cfg.train.batch_size]
+                    out = self.train_step(idx)
+                    pos += 1
+                    pending += 1
+                    if self.device.type != "cpu":
+                        flag = ~torch.isfinite(out["loss"].detach())
+                        bad = flag if bad is None else bad | flag
+                    if pending >= log_every or pos == spe or self.step == self.stop_step:
+                        self.last_loss = float(out["loss"].detach())
+                        bar.update(pending)
+                        bar.set_postfix(loss=f"{self.last_loss:.4f}", epoch=f"{self.step / spe:.2f}", refresh=False)
+                        pending = 0
+                        bad_any = bool(bad) if bad is not None else not math.isfinite(self.last_loss)
+                        halt = stop.flag
+                        if self.world > 1:
+                            t = torch.tensor([float(bad_any), float(halt)], device=self.device)
+                            torch.distributed.all_reduce(t)
+                            bad_any, halt = bool(t[0] > 0), bool(t[1] > 0)
+                        if bad_any:
+                            self._nonfinite(self.last_loss)
+                        bad = None
+                        if halt:
+                            halted = True
+                            break
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.train_seconds += time.perf_counter() - t0
+                if halted or (stop.flag and self.world == 1):
+                    status = "interrupted"
+                    break
+                done_epoch = pos == spe
+                last = self.step >= self.stop_step
+                ke = cfg.eval.knn_every
+                if done_epoch and ((ke and (epoch + 1) % ke == 0) or (last and status == "finished")):
+                    acc = self.evaluate_knn()
+                    if acc is not None:
+                        bar.write(f"epoch {epoch + 1}: kNN accuracy {100 * acc:.2f}%")
+                ce = cfg.train.checkpoint_every
+                if done_epoch and ce and (epoch + 1) % ce == 0 and not last:
+                    self.save()
+        bar.close()
+        if status == "max_steps" and not self.knn_history:
+            self.evaluate_knn()
+        self.save()
+        result = self.result(status)
+        if self.out_dir is not None and D.is_main():
+            (self.out_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+        if status == "interrupted":
+            _log(f"interrupted at step {self.step}; checkpoint written, continue with --resume")
+        return result
+
+    def result(self, status: str) -> TrainResult:
+        accs = [a for _, a in self.knn_history]
+        ts = self.train_seconds
+        return TrainResult(
+            out_dir=str(self.out_dir) if self.out_dir is not None else "",
+            steps=self.step,
+            epochs=self.step / self.steps_per_epoch,
+            status=status,
+            final_loss=float(self.last_loss),
+            knn_last=accs[-1] if accs else None,
+            knn_best=max(accs) if accs else None,
+            train_seconds=ts,
+            images_per_second=self.step * self.cfg.train.batch_size / ts if ts > 0 else math.nan,
+            probe_seconds=self.probe.time_spent,
+            probe_fraction=self.probe.time_spent / ts if ts > 0 else math.nan,
+            device=str(self.device),
+            world_size=self.world,
+        )
+
+
+def train(cfg: TrainConfig, out_dir, **kwargs) -> TrainResult:
+    """``Trainer(cfg, out_dir, **kwargs).run()``."""
+    return Trainer(cfg, out_dir, **kwargs).run()

@@ -1,0 +1,117 @@
+"""``stopgrad train CONFIG --out DIR`` and ``stopgrad evaluate DIR``: real SSL runs (stopgrad.ssl_models).
+
+Multi-GPU: ``torchrun --nproc_per_node=N -m stopgrad.cli train CONFIG --out DIR`` (DDP; only rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stopgrad.config import build, load_toml
+from stopgrad.dynamics import ConfigError
+
+__all__ = ["load_train_config", "register"]
+
+
+def _parse_value(text: str):
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None):
+    """Read a training TOML config (plus ``key.sub=value`` overrides) into a validated TrainConfig."""
+    from stopgrad.ssl_models import TrainConfig
+
+    table = load_toml(path)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError("--set", item, "must look like table.key=value (e.g. train.epochs=1)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = table
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("--set", item, f"{part} is not a table")
+        node[parts[-1]] = _parse_value(value.strip())
+    return build(TrainConfig, table)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from stopgrad.ssl_models import Trainer
+
+    cfg = load_train_config(args.config, args.set)
+    result = Trainer(cfg, args.out, data_root=args.data_root, device=args.device, resume=args.resume).run()
+    from stopgrad.ssl_models.distributed import is_main
+
+    if is_main():
+        knn = "n/a" if result.knn_last is None else f"{100 * result.knn_last:.2f}% (best {100 * result.knn_best:.2f}%)"
+        print(f"{result.status}: {result.steps} steps ({result.epochs:.2f} epochs) on {result.device}"
+              f"{' x' + str(result.world_size) if result.world_size > 1 else ''}\n"
+              f"  final loss        {result.final_loss:.4f}\n"
+              f"  kNN accuracy      {knn}\n"
+              f"  throughput        {result.images_per_second:.1f} images/s ({result.train_seconds:.1f} s training)\n"
+              f"  probe overhead    {100 * result.probe_fraction:.2f}% of training time\n"
+              f"  run folder        {args.out} (checkpoint.pt, metrics.nc, config.toml, summary.json)")
+    return 130 if result.status == "interrupted" else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from stopgrad.ssl_models import TrainingError, evaluate_run
+
+    run = Path(args.dir)
+    if not (run / "config.toml").is_file():
+        raise TrainingError(f"{run}: no config.toml; is this a `stopgrad train` run folder?")
+    cfg = load_train_config(run / "config.toml", args.set)
+    res = evaluate_run(cfg, run, data_root=args.data_root, device=args.device, linear=not args.knn_only)
+    rows = [("kNN accuracy", f"{100 * res['knn_acc']:.2f}%  (k={res['knn_k']}, T={res['knn_temperature']:g})")]
+    if "knn_monitor_best" in res:
+        rows.append(("kNN monitor", f"last {100 * res['knn_monitor_last']:.2f}%, best {100 * res['knn_monitor_best']:.2f}%"))
+    if "linear_test_acc" in res:
+        rows.append(("linear probe", f"{100 * res['linear_test_acc']:.2f}% test, {100 * res['linear_train_acc']:.2f}% "
+                                     f"train ({res['linear_epochs']} epochs)"))
+    rows.append(("dataset", f"{res['dataset']} ({res['data_source']})"))
+    rows.append(("written", str(run / "eval.json")))
+    width = max(len(r[0]) for r in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a real SSL model (checkpoints, probes in DIR/metrics.nc)",
+        description="Train SimSiam/BYOL/GSG/DirectPred/SimCLR/MoCo v2 from a TOML config. "
+                    "Multi-GPU: torchrun --nproc_per_node=N -m stopgrad.cli train CONFIG --out DIR.")
+    p.add_argument("config", help="TOML config (see configs/*.toml)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint.pt, metrics.nc, ...)")
+    p.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--data-root", metavar="PATH", default=None,
+                   help="data folder (default: data.root in the config, else $STOPGRAD_DATA)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a config value, e.g. --set train.epochs=1 (repeatable)")
+    p.set_defaults(func=_train)
+
+    e = subparsers.add_parser("evaluate", help="kNN and linear probe of a trained run",
+                              description="Evaluate the run in DIR: weighted kNN (k=200, T=0.1) and a linear "
+                                          "probe on frozen backbone features; writes DIR/eval.json.")
+    e.add_argument("dir", metavar="DIR", help="a run folder written by `stopgrad train`")
+    e.add_argument("--data-root", metavar="PATH", default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--knn-only", action="store_true", help="skip the linear probe")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override an eval setting, e.g. --set eval.linear_epochs=20")
+    e.set_defaults(func=_evaluate)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run through the stopgrad command")
