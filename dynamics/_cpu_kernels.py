@@ -179,6 +179,8 @@ def mode_rhs(t, y, prm, cfg, dy, work):
             s_max = 1.0
         for j in range(k):
             e = max(lam_s[j] * w[j] * w[j], 0.0) / s_max
+            if e <= 1e-12:  # round-off zero, as predictor_rules.ROUNDOFF
+                e = 0.0
             p[j] = max(floor, e**power + eps)
     for j in range(k):
         g = wa[j] * lam_d[j] - p[j] * w[j] * lam_s[j]

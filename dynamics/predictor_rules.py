@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 
+ROUNDOFF = 1e-12
+
+
 class PredictorRule:
     """Base class: ``rule(F) -> W_p`` on (..., n, n); ``rule.phi(s) -> p`` on (..., k) if spectral."""
 
@@ -62,6 +65,9 @@ class _Spectral(PredictorRule):
 
     def phi(self, s: torch.Tensor) -> torch.Tensor:
         s_max = s.amax(dim=-1, keepdim=True)
+        # eigenvalues within round-off of zero are zero: a fractional power would turn their noise
+        # (~1e-16 s_max) into O(1e-5) predictor entries and break orthogonal equivariance
+        s = torch.where(s.abs() <= ROUNDOFF * s_max.abs(), torch.zeros_like(s), s)
         return self.fn(s, torch.where(s_max > 0, s_max, torch.ones_like(s_max)))
 
     def __call__(self, F: torch.Tensor) -> torch.Tensor:

@@ -172,6 +172,9 @@ def simulate_sampled(sim, progress: bool = False):
 
     record()
     next_save = 1
+    alive = torch.ones(R, dtype=torch.bool, device=device)
+    fail_step = np.full(R, -1)
+    limit = 1e8 * max(1.0, float(W.abs().max()))
     for step in tqdm(range(1, steps + 1), desc="sampled SGD", disable=not progress, leave=False, mininterval=0.5):
         if spec.gradient in ("wishart", "expected"):
             if spec.gradient == "wishart":
@@ -200,13 +203,19 @@ def simulate_sampled(sim, progress: bool = False):
                     Wp = rule(F_hat)
             if Wa is not None:
                 Wa = Wa + lr * col("beta") * (W_old - Wa)
-        if not bool(torch.isfinite(W).all()):
-            break
+        # a run that stopped being finite or exploded is stopped (NaN from here on) and reported;
+        # the others go on: the runs of a batch never interact
+        bad = alive & ~(torch.isfinite(W).flatten(1).all(1) & (W.abs().flatten(1).amax(1) <= limit))
+        if bool(bad.any()):
+            fail_step[bad.cpu().numpy()] = step
+            alive &= ~bad
+            W = torch.where(alive[:, None, None], W, torch.nan)
+            if not bool(alive.any()):
+                break
         if next_save < len(save_steps) and step == save_steps[next_save]:
             record()
             losses.append(loss)
             next_save += 1
-    S_done = len(states)
     t_flow = save_steps * lr
     Y = torch.stack(states, dim=1)  # (R, S_done, n)
     Rr, S_, n = Y.shape
@@ -218,9 +227,8 @@ def simulate_sampled(sim, progress: bool = False):
         full = torch.full((R, len(save_steps)) + tuple(val.shape[1:]), math.nan, dtype=val.dtype)
         full[:, :S_] = val.reshape(R, S_, *val.shape[1:]).cpu()
         values[key] = full
-    finite = torch.isfinite(W.reshape(R, -1)).all(dim=1).cpu().numpy()
-    status = np.where(finite, 0, 1).astype(np.int8)
-    t_fail = np.where(finite, np.nan, t_flow[min(S_, len(t_flow) - 1)])
+    status = np.where(fail_step < 0, 0, 1).astype(np.int8)
+    t_fail = np.where(fail_step < 0, np.nan, fail_step * lr)
     res = IntegrationResult(t=t_flow, values=values, status=status, t_fail=t_fail,
                             nfev=np.full(R, steps), steps=np.full(R, steps), rejected=np.zeros(R, int))
     ds = _to_dataset(sim, table, res, "torch", source="sampled", extra={"step": (("time",), save_steps)},

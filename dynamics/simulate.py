@@ -106,6 +106,9 @@ class Simulation:
                 self.model.data.mode_moments(self.model.n1, self.model.n2)
             except ConfigError as err:
                 raise err.prefixed("model.data.") from None
+            rule = self.model.predictor_rule()
+            check("model.rule", getattr(rule, "name", rule), rule is None or rule.spectral,
+                  "the per-mode engine needs a spectral rule (a function of the eigenvalues of F-hat)")
             for key in ("p0", "s0"):
                 v = getattr(self.modes, key)
                 if isinstance(v, (list, tuple)):
