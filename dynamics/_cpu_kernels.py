@@ -372,7 +372,6 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
 
     stats columns: status (0 ok, 1 blow-up, 2 step-size underflow, 3 max steps), nfev, steps, rejected.
     """
-    code = {"matrix": 0, "modes": 1}[system]
     Y0 = np.ascontiguousarray(Y0, dtype=np.float64)
     PRM = np.ascontiguousarray(PRM, dtype=np.float64)
     R, n = Y0.shape
@@ -384,7 +383,292 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
     E = tab["E"] if tab["E"] is not None else np.zeros(tab["s"] + 1)
     E3 = tab["E3"] if tab["E3"] is not None else np.zeros(tab["s"] + 1)
     E5 = tab["E5"] if tab["E5"] is not None else np.zeros(tab["s"] + 1)
-    _solve_batch(code, Y0, PRM, np.asarray(cfg, dtype=np.int64), np.asarray(t_save, dtype=np.float64),
-                 tab["A"], tab["B"], tab["C"], E, E3, E5, tab["s"], tab["dop853"], tab["exponent"], tab["order"],
-                 float(rtol), float(atol), int(max_steps), float(blowup), int(work_size), out, stats, tfail)
+    args = (np.asarray(cfg, dtype=np.int64), np.asarray(t_save, dtype=np.float64), tab["A"], tab["B"], tab["C"], E, E3,
+            E5, tab["s"], tab["dop853"], tab["exponent"], tab["order"], float(rtol), float(atol), int(max_steps),
+            float(blowup))
+    if system == "modes" and R >= 4 * LANES:
+        # many tiny systems: SIMD lanes; a few tasks per thread balance the load
+        n_tasks = max(1, min(R // LANES, 8 * nb.get_num_threads()))
+        _mode_lanes_batch(Y0, PRM, *args, out, stats, tfail, n_tasks)
+    else:
+        _solve_batch({"matrix": 0, "modes": 1}[system], Y0, PRM, *args, int(work_size), out, stats, tfail)
     return out, stats, tfail
+
+
+# --- SIMD lanes for tiny systems ---------------------------------------------------------------------
+# The per-mode system of one run has 2-3 state variables per mode: a per-run solver spends its time in
+# loop overhead. Here L runs ("lanes") advance together in structure-of-arrays form, each with its own
+# clock and step size; every arithmetic loop runs over the lanes and vectorises. A lane whose run is
+# done takes the next run of its queue.
+
+LANES = 16
+
+
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _mode_rhs_lanes(y, prm, cfg, dy, pbuf, gbuf):
+    """The per-mode RHS for L lanes: y, dy (n, L); prm (P, L) as in mode_rhs; scratch pbuf (k, L), gbuf (L,)."""
+    k, pred, stop_grad, simsiam, normalize = cfg[0], cfg[1], cfg[2], cfg[3], cfg[4]
+    L = y.shape[1]
+    has_p = pred <= 1
+    off = k if has_p else 0
+    if has_p:
+        for j in range(k):
+            for l in range(L):
+                pbuf[j, l] = y[j, l]
+    elif pred == 2:
+        for j in range(k):
+            for l in range(L):
+                pbuf[j, l] = 1.0
+    else:
+        for l in range(L):
+            s_max = 0.0
+            for j in range(k):
+                w = y[off + j, l]
+                s_max = max(s_max, prm[7 + j, l] * w * w)
+            if s_max <= 0.0 or not normalize:
+                s_max = 1.0
+            for j in range(k):
+                w = y[off + j, l]
+                e = max(prm[7 + j, l] * w * w, 0.0) / s_max
+                if e <= 1e-12:
+                    e = 0.0
+                pbuf[j, l] = max(prm[6, l], e ** prm[4, l] + prm[5, l])
+    # the branches are hoisted out of the lane loops so that each loop vectorises
+    for j in range(k):
+        wo = off + j
+        ao = wo if simsiam else off + k + j
+        for l in range(L):  # g = w_a lam_d - p w lam_s
+            gbuf[l] = y[ao, l] * prm[7 + k + j, l] - pbuf[j, l] * y[wo, l] * prm[7 + j, l]
+        if has_p:
+            for l in range(L):
+                dy[j, l] = prm[0, l] * y[wo, l] * gbuf[l] - prm[2, l] * pbuf[j, l]
+        if stop_grad:
+            for l in range(L):
+                dy[wo, l] = pbuf[j, l] * gbuf[l] - prm[1, l] * y[wo, l]
+        else:
+            for l in range(L):
+                w = y[wo, l]
+                ls = prm[7 + j, l]
+                ld = prm[7 + k + j, l]
+                p = pbuf[j, l]
+                dy[wo, l] = -(p * p + 1.0) * w * (ls - ld) - (p - 1.0) * (p - 1.0) * w * ld - prm[1, l] * w
+        if not simsiam:
+            for l in range(L):
+                dy[off + k + j, l] = prm[3, l] * (y[wo, l] - y[ao, l])
+
+
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _lane_rms(a, scale, l):
+    acc = 0.0
+    for c in range(a.shape[0]):
+        v = a[c, l] / scale[c, l]
+        acc += v * v
+    return math.sqrt(acc / a.shape[0])
+
+
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
+                      rtol, atol, max_steps, blowup, out, stats, tfail, lo, hi):
+    n = Y0.shape[1]
+    P = PRM.shape[1]
+    S = t_save.size
+    L = LANES
+    k = cfg[0]
+    y = np.zeros((n, L))
+    ytmp = np.zeros((n, L))
+    ynew = np.zeros((n, L))
+    scale = np.ones((n, L))
+    K = np.zeros((s + 1, n, L))
+    prm = np.zeros((P, L))
+    prm[7 : 7 + 2 * k, :] = 1.0  # idle lanes compute on harmless values
+    pbuf = np.zeros((k, L))
+    gbuf = np.zeros(L)
+    t = np.zeros(L)
+    h = np.zeros(L)
+    he = np.zeros(L)
+    land = np.zeros(L, dtype=np.bool_)
+    limit = np.zeros(L)
+    pos = np.zeros(L, dtype=np.int64)
+    run = np.full(L, -1, dtype=np.int64)
+    fresh = np.zeros(L, dtype=np.bool_)
+    nfev = np.zeros(L, dtype=np.int64)
+    nst = np.zeros(L, dtype=np.int64)
+    nrej = np.zeros(L, dtype=np.int64)
+    n5 = np.zeros(L)
+    n3 = np.zeros(L)
+    nxt = lo
+    while True:
+        any_new = False
+        active = 0
+        for l in range(L):
+            if run[l] < 0 and nxt < hi:
+                r = nxt
+                nxt += 1
+                run[l] = r
+                big = 1.0
+                for c in range(n):
+                    y[c, l] = Y0[r, c]
+                    out[r, 0, c] = Y0[r, c]
+                    big = max(big, abs(Y0[r, c]))
+                for q in range(P):
+                    prm[q, l] = PRM[r, q]
+                t[l] = t_save[0]
+                pos[l] = 1
+                limit[l] = blowup * big
+                nfev[l] = 0
+                nst[l] = 0
+                nrej[l] = 0
+                fresh[l] = True
+                any_new = True
+            if run[l] >= 0:
+                active += 1
+        if active == 0:
+            break
+        if any_new:  # first stage and Hairer's starting step for the new lanes
+            _mode_rhs_lanes(y, prm, cfg, ynew, pbuf, gbuf)
+            for l in range(L):
+                if fresh[l]:
+                    for c in range(n):
+                        K[0, c, l] = ynew[c, l]
+                        scale[c, l] = atol + abs(y[c, l]) * rtol
+                    d0 = _lane_rms(y, scale, l)
+                    d1 = _lane_rms(ynew, scale, l)
+                    he[l] = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+                else:
+                    he[l] = 0.0
+                for c in range(n):
+                    ytmp[c, l] = y[c, l] + he[l] * K[0, c, l]
+            _mode_rhs_lanes(ytmp, prm, cfg, ynew, pbuf, gbuf)
+            for l in range(L):
+                if fresh[l]:
+                    acc = 0.0
+                    for c in range(n):
+                        v = (ynew[c, l] - K[0, c, l]) / scale[c, l]
+                        acc += v * v
+                    d1 = _lane_rms(K[0], scale, l)
+                    d2 = math.sqrt(acc / n) / he[l]
+                    dmax = max(d1, d2)
+                    h1 = max(1e-6, he[l] * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (order + 1))
+                    h[l] = min(100.0 * he[l], h1)
+                    nfev[l] = 2
+                    fresh[l] = False
+        for l in range(L):
+            if run[l] >= 0:
+                gap = t_save[pos[l]] - t[l]
+                land[l] = h[l] >= gap * (1.0 - 1e-12)
+                he[l] = gap if land[l] else h[l]
+            else:
+                land[l] = False
+                he[l] = 0.0
+        for i in range(1, s):
+            for c in range(n):
+                for l in range(L):
+                    ytmp[c, l] = y[c, l]
+            for m in range(i):
+                a = A[i, m]
+                if a != 0.0:
+                    for c in range(n):
+                        for l in range(L):
+                            ytmp[c, l] += a * he[l] * K[m, c, l]
+            _mode_rhs_lanes(ytmp, prm, cfg, K[i], pbuf, gbuf)
+        for c in range(n):
+            for l in range(L):
+                ynew[c, l] = y[c, l]
+        for m in range(s):
+            b = B[m]
+            if b != 0.0:
+                for c in range(n):
+                    for l in range(L):
+                        ynew[c, l] += b * he[l] * K[m, c, l]
+        _mode_rhs_lanes(ynew, prm, cfg, K[s], pbuf, gbuf)
+        # error estimates, lanes innermost: e5 and e3 accumulate in the ytmp and scale buffers
+        for c in range(n):
+            for l in range(L):
+                ytmp[c, l] = 0.0
+                scale[c, l] = 0.0
+        for m in range(s + 1):
+            w5 = E5[m] if dop853 else E[m]
+            w3 = E3[m] if dop853 else 0.0
+            for c in range(n):
+                for l in range(L):
+                    ytmp[c, l] += w5 * K[m, c, l]
+                    scale[c, l] += w3 * K[m, c, l]
+        for l in range(L):
+            n5[l] = 0.0
+            n3[l] = 0.0
+        for c in range(n):
+            for l in range(L):
+                sc = atol + rtol * max(abs(y[c, l]), abs(ynew[c, l]))
+                e5 = ytmp[c, l] / sc
+                e3 = scale[c, l] / sc
+                if not dop853:
+                    e5 *= he[l]
+                n5[l] += e5 * e5
+                n3[l] += e3 * e3
+        for l in range(L):
+            r = run[l]
+            if r < 0:
+                continue
+            nfev[l] += s
+            if dop853:
+                err = 0.0 if (n5[l] == 0.0 and n3[l] == 0.0) else abs(he[l]) * n5[l] / math.sqrt((n5[l] + 0.01 * n3[l]) * n)
+            else:
+                err = math.sqrt(n5[l] / n)
+            finite = math.isfinite(err)
+            for c in range(n):
+                if not math.isfinite(ynew[c, l]):
+                    finite = False
+            if not finite:
+                err = math.inf
+            status = 0
+            if err <= 1.0:
+                factor = 10.0 if err == 0.0 else min(10.0, 0.9 * err**exponent)
+                h_new = he[l] * factor
+                h[l] = max(h_new, h[l]) if land[l] else h_new
+                t[l] = t_save[pos[l]] if land[l] else t[l] + he[l]
+                big = 0.0
+                for c in range(n):
+                    y[c, l] = ynew[c, l]
+                    K[0, c, l] = K[s, c, l]
+                    big = max(big, abs(ynew[c, l]))
+                nst[l] += 1
+                if big > limit[l]:
+                    status = 1
+                elif land[l]:
+                    for c in range(n):
+                        out[r, pos[l], c] = y[c, l]
+                    pos[l] += 1
+            else:
+                nrej[l] += 1
+                h[l] = he[l] * max(0.2, 0.9 * err**exponent) if math.isfinite(err) else he[l] * 0.2
+                if h[l] < 1e-14 * max(1.0, abs(t[l])):
+                    status = 2
+            if status == 0 and nst[l] + nrej[l] >= max_steps and pos[l] < S:
+                status = 3
+            if status != 0 or pos[l] >= S:
+                for q in range(pos[l], S):
+                    for c in range(n):
+                        out[r, q, c] = math.nan
+                stats[r, 0] = status
+                stats[r, 1] = nfev[l]
+                stats[r, 2] = nst[l]
+                stats[r, 3] = nrej[l]
+                tfail[r] = t[l] if status != 0 else math.nan
+                run[l] = -1
+                for c in range(n):  # park the lane on harmless values
+                    y[c, l] = 0.0
+                for q in range(P):
+                    prm[q, l] = 1.0 if q >= 7 else 0.0
+
+
+@nb.njit(cache=True, parallel=True, error_model="numpy")
+def _mode_lanes_batch(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
+                      rtol, atol, max_steps, blowup, out, stats, tfail, n_tasks):
+    R = Y0.shape[0]
+    per = (R + n_tasks - 1) // n_tasks
+    for task in nb.prange(n_tasks):
+        lo = task * per
+        hi = min(R, lo + per)
+        if lo < hi:
+            _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
+                              rtol, atol, max_steps, blowup, out, stats, tfail, lo, hi)

@@ -89,11 +89,14 @@ class Simulation:
         check_range("collapse_tol", self.collapse_tol, 0, 1, lo_open=True, hi_open=True)
         check_range("tau", self.tau, 0, None)
         check("grid", self.grid, isinstance(self.grid, dict), "must be a table of name = [values]")
+        # accept any sequence of values (range, numpy array), stored as lists
+        norm = {k: list(v) if isinstance(v, (range, tuple, np.ndarray)) else v for k, v in self.grid.items()}
+        object.__setattr__(self, "grid", norm)
         allowed = SWEEPABLE[self.engine]
         for key, values in self.grid.items():
             check(f"grid.{key}", values, key in allowed,
                   f"cannot be swept with engine = '{self.engine}'; sweepable: {', '.join(allowed)}")
-            check(f"grid.{key}", values, isinstance(values, (list, tuple, np.ndarray)) and len(values) > 0,
+            check(f"grid.{key}", values, isinstance(values, list) and len(values) > 0,
                   "must be a non-empty list of values")
             for v in values:
                 _check_value(self, key, v)
