@@ -331,7 +331,8 @@ class TrainSpec:
     epochs; batch_size (global, over all processes); max_steps: stop after this many optimizer steps
     (0: run all epochs; schedules still span ``epochs``). seed: every random draw derives from it.
     precision: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``bf16`` or ``fp32``.
-    channels_last, compile (torch.compile of networks and augmentation; compile_mode passed through).
+    channels_last (CUDA only), compile (CUDA only: torch.compile of the networks and the augmentation;
+    compile_mode passed through).
     checkpoint_every: epochs between checkpoints (0: only at exit). log_every: steps between progress
     updates (also how often a non-finite loss is checked on a GPU, which costs a synchronisation).
     bn_splits: every BatchNorm normalises over bn_splits groups of the batch (MoCo's SplitBatchNorm on
