@@ -16,6 +16,7 @@ from .metrics import uniformity as uniformity
 from .schema import MODE_VARIABLES as MODE_VARIABLES
 from .schema import SCALAR_VARIABLES as SCALAR_VARIABLES
 from .schema import DatasetError as DatasetError
+from .schema import atomic_path as atomic_path
 from .schema import build_dataset as build_dataset
 from .schema import open_dataset as open_dataset
 from .schema import validate_dataset as validate_dataset

@@ -6,17 +6,20 @@ along ``run``. Files are netCDF, written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import tempfile
 from importlib import metadata
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 __all__ = [
+    "atomic_path",
     "MODE_VARIABLES",
     "SCALAR_VARIABLES",
     "SOURCES",
@@ -175,10 +178,27 @@ def _engine() -> str:
     return "scipy"  # netCDF3; no int64 or unicode variables, see write_netcdf
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; when the block succeeds, fsync it and rename it onto
+    ``path`` (atomic on POSIX), so a reader never sees a half-written file. On error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write ``ds`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     engine = _engine()
     out = ds
     if engine == "scipy":  # netCDF3 has neither int64 nor variable-length strings
@@ -186,16 +206,8 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         for name, var in list(out.variables.items()):
             if var.dtype == np.int64:
                 out[name] = var.astype(np.int32)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         out.to_netcdf(tmp, engine=engine)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

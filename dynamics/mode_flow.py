@@ -82,13 +82,16 @@ class ModeFlow:
             return torch.ones_like(w)
         return self.rule.phi(prm["lam_s"] * w * w)
 
-    def rhs(self, t, y, prm):
-        m = self.model
+    def _unpack(self, y, prm):
+        """(w, w_a, p, lambda_s, lambda_d), each (R, k), from the flat state."""
         v = self.layout.views(y)
         w = v["w"]
-        wa = w if m.simsiam else v["wa"]
-        p = self._p(v, w, prm)
-        ls, ld = prm["lam_s"], prm["lam_d"]
+        wa = w if self.model.simsiam else v["wa"]
+        return w, wa, self._p(v, w, prm), prm["lam_s"], prm["lam_d"]
+
+    def rhs(self, t, y, prm):
+        m = self.model
+        w, wa, p, ls, ld = self._unpack(y, prm)
         g = wa * ld - p * w * ls
         out = {}
         if "p" in self.layout:
@@ -103,12 +106,7 @@ class ModeFlow:
         return self.layout.pack(out)
 
     def observe(self, t, y, prm):
-        m = self.model
-        v = self.layout.views(y)
-        w = v["w"]
-        wa = w if m.simsiam else v["wa"]
-        p = self._p(v, w, prm)
-        ls, ld = prm["lam_s"], prm["lam_d"]
+        w, wa, p, ls, ld = self._unpack(y, prm)
         floor = 1e-12 * (w * w).amax(dim=-1, keepdim=True)
         out = {
             "s": ld * w * w,
