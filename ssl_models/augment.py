@@ -160,8 +160,22 @@ class GPUAugment:
         self._apply = self._apply_impl
 
     def compile(self, **kwargs) -> GPUAugment:
-        """Compile the (parameter-free) image path with torch.compile; sampling stays eager."""
-        self._apply = torch.compile(self._apply_impl, **kwargs)
+        """Compile the (parameter-free) image path with torch.compile; sampling stays eager. Should the
+        compiler fail on this torch version, the eager path is used (with a warning) instead."""
+        compiled = torch.compile(self._apply_impl, **kwargs)
+
+        def apply(images, params):
+            try:
+                return compiled(images, params)
+            except Exception as exc:  # a compiler failure must not end a training run
+                import warnings
+
+                warnings.warn(f"torch.compile of the augmentation failed ({type(exc).__name__}: {exc}); "
+                              "running it eagerly", stacklevel=2)
+                self._apply = self._apply_impl
+                return self._apply_impl(images, params)
+
+        self._apply = apply
         return self
 
     # ----------------------------------------------------------------------------------------- sampling

@@ -392,10 +392,12 @@ class ProbeConfig:
 class EvalConfig:
     """Evaluation. Weighted kNN monitor (k, T, L2-normalised backbone features; bank = train split under
     the test transform, or its first knn_bank_subset images) every ``knn_every`` epochs (0: at the end
-    only). Linear probe (``stopgrad evaluate``): a softmax classifier on frozen, standardised backbone
+    only), and at step 0 when ``knn_at_start`` (the random-initialisation baseline, not counted in the
+    reported best). Linear probe (``stopgrad evaluate``): a softmax classifier on frozen, standardised backbone
     features, Adam with cosine decay for linear_epochs; the reported number is the last epoch's."""
 
     knn_every: int = 10
+    knn_at_start: bool = False
     knn_k: int = 200
     knn_temperature: float = 0.1
     knn_bank_subset: int = 0

@@ -17,13 +17,20 @@ Every ``probe.every`` optimizer steps, from the step's batch (before its update 
 
 Time is the number of optimizer updates applied before the measurement (``attrs["units"] = "step"``), with
 ``epoch`` (= time / steps_per_epoch) as an extra coordinate; ``lr`` and ``ema_momentum`` are recorded too,
-for the optimizer-to-flow unit mapping. The wall time spent in probes is measured (``time_spent``).
+for the optimizer-to-flow unit mapping.
+
+Cost: on a GPU a probe only copies its inputs to the host (one synchronisation) and leaves the float64
+spectral work (eigendecomposition of the d x d F-hat, an SVD of the batch) to a background thread, which
+overlaps with the following training steps; on the CPU the work runs inline. ``time_spent`` is the time
+the training loop spends in the probes (what they cost the run), ``worker_seconds`` the background work.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -57,12 +64,18 @@ class SpectralProbe:
         steps_per_epoch: for the ``epoch`` coordinate.
     """
 
-    def __init__(self, cfg: ProbeConfig, steps_per_epoch: int, has_rule_fhat: bool = False):
+    def __init__(self, cfg: ProbeConfig, steps_per_epoch: int, has_rule_fhat: bool = False,
+                 background: bool = False):
         self.cfg = cfg
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.fhat = None if has_rule_fhat else CorrelationEMA(cfg.rho, 1)
         self.records: dict[int, dict] = {}
         self.time_spent = 0.0
+        self.worker_seconds = 0.0
+        self.background = background
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._lock = threading.Lock()
         self._loss_sum: torch.Tensor | None = None
         self._neg_sum: torch.Tensor | None = None
         self._count = 0
@@ -97,41 +110,74 @@ class SpectralProbe:
         F = fhat if fhat is not None else (self.fhat.F if self.fhat is not None else None)
         z = out["z"]
         n = min(batch, self.cfg.max_samples)
-        z1 = z[:n].double()
-        rec: dict = {}
+        inputs = {"z1": z[:n]}
+        if z.shape[0] >= 2 * batch:
+            inputs["z2"] = z[batch : batch + n]
         if F is not None:
-            Wd = Wp.double() if Wp is not None else None
-            sq = spectral_quantities(F.double(), Wd)
-            for k in ("s", "p", "alignment"):
+            inputs["F"] = F
+            if Wp is not None:
+                inputs["Wp"] = Wp
+        if self._count:
+            inputs["loss"] = self._loss_sum / self._count
+            if self._neg_sum is not None:
+                inputs["neg_dist"] = self._neg_sum / self._count
+        host = {k: v.detach().to("cpu", torch.float64) for k, v in inputs.items()}  # one synchronisation
+        extra = {"lr": float(lr), "ema_momentum": float(ema_momentum)}
+        self._loss_sum = self._neg_sum = None
+        self._count = 0
+        if self.background:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stopgrad-probe")
+            self._pending = [f for f in self._pending if not f.done()]
+            self._pending.append(self._pool.submit(self._measure, int(step), host, extra))
+        else:
+            self._measure(int(step), host, extra)
+        self.time_spent += time.perf_counter() - t0
+
+    def _measure(self, step: int, host: dict, extra: dict) -> None:
+        t0 = time.perf_counter()
+        rec: dict = {}
+        if "F" in host:
+            sq = spectral_quantities(host["F"], host.get("Wp"))
+            for k in ("s", "p", "alignment", "commutator", "asymmetry"):
                 if k in sq:
                     rec[k] = sq[k]
-            for k in ("commutator", "asymmetry"):
-                if k in sq:
-                    rec[k] = sq[k]
+        z1 = host["z1"]
         rec["std_l2"] = std_of_l2_normalized(z1)
         sv = torch.linalg.svdvals(z1)
         rec["effective_rank"] = entropy_rank(sv) if bool(sv.sum() > 0) else torch.zeros((), dtype=sv.dtype)
         rec["rankme"] = entropy_rank(sv, eps=1e-7)
         rec["uniformity"] = uniformity(z1)
-        if z.shape[0] >= 2 * batch:
-            rec["align_loss"] = align_loss(z1, z[batch : batch + n].double())
-        if self._count:
-            rec["loss"] = self._loss_sum / self._count
-            if self._neg_sum is not None:
-                rec["neg_dist"] = self._neg_sum / self._count
-        rec = {k: v.detach().cpu() for k, v in rec.items()}  # one synchronisation
-        rec["lr"], rec["ema_momentum"] = float(lr), float(ema_momentum)
-        self._loss_sum = self._neg_sum = None
-        self._count = 0
-        self.records.setdefault(int(step), {}).update(rec)
-        self.time_spent += time.perf_counter() - t0
+        if "z2" in host:
+            rec["align_loss"] = align_loss(z1, host["z2"])
+        for k in ("loss", "neg_dist"):
+            if k in host:
+                rec[k] = host[k]
+        rec.update(extra)
+        with self._lock:
+            self.records.setdefault(step, {}).update(rec)
+            self.worker_seconds += time.perf_counter() - t0
+
+    def flush(self) -> None:
+        """Wait for background measurements (before reading or saving the records)."""
+        for f in self._pending:
+            f.result()
+        self._pending = []
+
+    def close(self) -> None:
+        self.flush()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def record_knn(self, step: int, acc: float) -> None:
-        self.records.setdefault(int(step), {})["knn_acc"] = float(acc)
+        with self._lock:
+            self.records.setdefault(int(step), {})["knn_acc"] = float(acc)
 
     # -- output ------------------------------------------------------------------------------------------------
     def to_dataset(self, method: str, config: str, attrs: dict | None = None):
         """The records as a contract Dataset (None when nothing was recorded)."""
+        self.flush()
         if not self.records:
             return None
         times = sorted(self.records)
@@ -158,6 +204,7 @@ class SpectralProbe:
 
     # -- checkpointing -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        self.flush()
         recs = {int(t): {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in r.items()}
                 for t, r in self.records.items()}
         return {
@@ -167,6 +214,7 @@ class SpectralProbe:
             "neg_sum": self._neg_sum,
             "count": self._count,
             "time_spent": self.time_spent,
+            "worker_seconds": self.worker_seconds,
         }
 
     def load_state_dict(self, state: dict, device=None) -> None:
@@ -180,3 +228,4 @@ class SpectralProbe:
         self._loss_sum, self._neg_sum = mv(state.get("loss_sum")), mv(state.get("neg_sum"))
         self._count = int(state.get("count", 0))
         self.time_spent = float(state.get("time_spent", 0.0))
+        self.worker_seconds = float(state.get("worker_seconds", 0.0))

@@ -207,6 +207,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.stop_step = min(self.total_steps, cfg.train.max_steps) if cfg.train.max_steps else self.total_steps
 
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         prec = cfg.train.precision
         self.amp_dtype = torch.bfloat16 if (prec == "bf16" or (prec == "auto" and dev.type == "cuda")) else None
         torch.manual_seed(cfg.train.seed)
@@ -236,7 +238,8 @@ class Trainer:
         self.eval_transform = EvalTransform(self.augment.size, data.mean, data.std, channels_last=self.channels_last)
         self.aug_gen = torch.Generator(device=dev)
         self.aug_gen.manual_seed(cfg.train.seed * 1_000_003 + 1)
-        self.probe = SpectralProbe(cfg.probe, self.steps_per_epoch, has_rule_fhat=method.fhat is not None)
+        self.probe = SpectralProbe(cfg.probe, self.steps_per_epoch, has_rule_fhat=method.fhat is not None,
+                                   background=dev.type == "cuda")
         self.knn_history: list[tuple[int, float]] = []
         self.step = 0
         self.train_seconds = 0.0
@@ -248,7 +251,8 @@ class Trainer:
             _log("train.compile is for CUDA runs; running eager on the CPU")
         if cfg.train.compile and dev.type == "cuda":
             for net in method.networks():
-                net.compile(mode=cfg.train.compile_mode)
+                if hasattr(net, "compile"):  # nn.Module.compile: torch >= 2.2
+                    net.compile(mode=cfg.train.compile_mode)
             self.augment.compile(mode="default")
         if self.world > 1:
             ids = [dev.index] if dev.type == "cuda" else None
@@ -333,6 +337,7 @@ class Trainer:
             "ema_momentum": cfg.method.momentum if self.method_has_target() else math.nan,
             "predictor": cfg.predictor.kind, "steps_per_epoch": self.steps_per_epoch,
             "probe_every": cfg.probe.every, "probe_seconds": self.probe.time_spent,
+            "probe_background_seconds": self.probe.worker_seconds,
             "probe_fraction": self.probe.time_spent / self.train_seconds if self.train_seconds else math.nan,
             "train_seconds": self.train_seconds, "world_size": self.world, "device": str(self.device),
             "seed": cfg.train.seed,
@@ -423,6 +428,10 @@ class Trainer:
         status = "finished" if self.stop_step == self.total_steps else "max_steps"
         bar = tqdm(total=self.stop_step, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0,
                    disable=not (cfg.train.progress and D.is_main()), desc=f"{cfg.method.name}")
+        if cfg.eval.knn_at_start and self.step == 0 and not self.knn_history:
+            acc = self.evaluate_knn()
+            if acc is not None and cfg.train.progress:
+                bar.write(f"step 0: kNN accuracy {100 * acc:.2f}%")
         bad = None
         pending = 0
         halted = False
@@ -467,15 +476,17 @@ class Trainer:
                 ke = cfg.eval.knn_every
                 if done_epoch and ((ke and (epoch + 1) % ke == 0) or (last and status == "finished")):
                     acc = self.evaluate_knn()
-                    if acc is not None:
+                    if acc is not None and cfg.train.progress:
                         bar.write(f"epoch {epoch + 1}: kNN accuracy {100 * acc:.2f}%")
                 ce = cfg.train.checkpoint_every
                 if done_epoch and ce and (epoch + 1) % ce == 0 and not last:
                     self.save()
         bar.close()
+        self.probe.flush()
         if status == "max_steps" and not self.knn_history:
             self.evaluate_knn()
         self.save()
+        self.probe.close()
         result = self.result(status)
         if self.out_dir is not None and D.is_main():
             (self.out_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
@@ -484,7 +495,7 @@ class Trainer:
         return result
 
     def result(self, status: str) -> TrainResult:
-        accs = [a for _, a in self.knn_history]
+        accs = [a for s, a in self.knn_history if s > 0] or [a for _, a in self.knn_history]
         ts = self.train_seconds
         return TrainResult(
             out_dir=str(self.out_dir) if self.out_dir is not None else "",
