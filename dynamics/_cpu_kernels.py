@@ -497,10 +497,13 @@ def _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
     n5 = np.zeros(L)
     n3 = np.zeros(L)
     nxt = lo
+    free = L
     while True:
         any_new = False
-        active = 0
+        active = L - free
         for l in range(L):
+            if free == 0:
+                break
             if run[l] < 0 and nxt < hi:
                 r = nxt
                 nxt += 1
@@ -520,7 +523,7 @@ def _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
                 nrej[l] = 0
                 fresh[l] = True
                 any_new = True
-            if run[l] >= 0:
+                free -= 1
                 active += 1
         if active == 0:
             break
@@ -588,11 +591,15 @@ def _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
                 scale[c, l] = 0.0
         for m in range(s + 1):
             w5 = E5[m] if dop853 else E[m]
-            w3 = E3[m] if dop853 else 0.0
-            for c in range(n):
-                for l in range(L):
-                    ytmp[c, l] += w5 * K[m, c, l]
-                    scale[c, l] += w3 * K[m, c, l]
+            if w5 != 0.0:
+                for c in range(n):
+                    for l in range(L):
+                        ytmp[c, l] += w5 * K[m, c, l]
+            if dop853 and E3[m] != 0.0:
+                w3 = E3[m]
+                for c in range(n):
+                    for l in range(L):
+                        scale[c, l] += w3 * K[m, c, l]
         for l in range(L):
             n5[l] = 0.0
             n3[l] = 0.0
@@ -614,11 +621,7 @@ def _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
                 err = 0.0 if (n5[l] == 0.0 and n3[l] == 0.0) else abs(he[l]) * n5[l] / math.sqrt((n5[l] + 0.01 * n3[l]) * n)
             else:
                 err = math.sqrt(n5[l] / n)
-            finite = math.isfinite(err)
-            for c in range(n):
-                if not math.isfinite(ynew[c, l]):
-                    finite = False
-            if not finite:
+            if not math.isfinite(err):  # a NaN or inf in y_new reaches err through K[s] = f(y_new)
                 err = math.inf
             status = 0
             if err <= 1.0:
@@ -655,6 +658,7 @@ def _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
                 stats[r, 3] = nrej[l]
                 tfail[r] = t[l] if status != 0 else math.nan
                 run[l] = -1
+                free += 1
                 for c in range(n):  # park the lane on harmless values
                     y[c, l] = 0.0
                 for q in range(P):
