@@ -232,6 +232,7 @@ def main(argv=None) -> int:
         "batch": args.batch, "config": Path(args.config).name, "compile": cfg.train.compile and cuda,
         "precision": "bf16 autocast" if cuda else "fp32", "timing": "CUDA events" if cuda else "perf_counter",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     result["ours"] = bench_ours(cfg, data, args.device, steps, log, knn=cuda if args.knn is None else args.knn)
     if args.lightly:

@@ -1,4 +1,4 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, fsync, then ``os.replace``.
+"""Atomic checkpoints (``analysis.atomic_path``: a temporary file in the same folder, fsync, ``os.replace``).
 
 A run killed at any moment leaves either the previous checkpoint or the new one, never a torn file.
 Checkpoints hold only tensors, numbers, strings, lists and dicts, so they load with
@@ -8,10 +8,11 @@ Checkpoints hold only tensors, numbers, strings, lists and dicts, so they load w
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from stopgrad.analysis import atomic_path
 
 from .errors import TrainingError
 
@@ -23,17 +24,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -71,38 +71,6 @@ class TrainResult:
     world_size: int
 
 
-def write_metrics_file(ds, path: Path) -> Path:
-    """``analysis.write_netcdf``; if the netCDF backend it picks cannot load (h5netcdf without h5py), write
-    atomically with the next available engine instead."""
-    try:
-        return write_netcdf(ds, path)
-    except ImportError:
-        pass
-    import tempfile
-
-    for engine in ("netcdf4", "scipy"):
-        try:
-            __import__("netCDF4" if engine == "netcdf4" else "scipy.io")
-        except ImportError:
-            continue
-        out = ds
-        if engine == "scipy":
-            out = ds.copy()
-            for name, var in list(out.variables.items()):
-                if var.dtype == "int64":
-                    out[name] = var.astype("int32")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            out.to_netcdf(tmp, engine=engine)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
-    raise TrainingError("no netCDF backend available to write metrics.nc (install netCDF4, h5netcdf+h5py or scipy)")
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -352,7 +320,7 @@ class Trainer:
     def write_metrics(self) -> None:
         ds = self.dataset()
         if ds is not None and self.out_dir is not None:
-            write_metrics_file(ds, self.out_dir / "metrics.nc")
+            write_netcdf(ds, self.out_dir / "metrics.nc")
 
     # ---------------------------------------------------------------------------------------------- the step
     def epoch_order(self, epoch: int) -> torch.Tensor:
