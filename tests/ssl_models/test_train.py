@@ -21,7 +21,6 @@ from torch import nn
 from stopgrad.analysis import open_dataset
 from stopgrad.cli import main
 from stopgrad.ssl_models import (
-    DataConfig,
     EvalConfig,
     EvalTransform,
     ImageData,
@@ -319,3 +318,14 @@ def test_bad_inputs_get_one_clear_line(tmp_path, capsys, monkeypatch, data_root)
     assert "holds no checkpoint.pt" in err
     err = _bad(tmp_path, capsys, monkeypatch, good, extra=["--set", "train.epochs=0"], root=data_root)
     assert "train.epochs = 0" in err
+
+
+def test_evaluate_run_of_a_split_bn_mocov2_run(cifar_small, make_config, tmp_path):
+    """A run trained with SplitBatchNorm (MoCo's 8 groups) evaluates with plain BatchNorm (same state names)."""
+    from stopgrad.ssl_models import evaluate_run
+
+    cfg = make_config("mocov2", train=TrainSpec(epochs=1, batch_size=64, bn_splits=8, progress=False))
+    res = Trainer(cfg, tmp_path / "moco", device="cpu", data=cifar_small).run()
+    ev = evaluate_run(cfg, tmp_path / "moco", device="cpu", data=cifar_small, linear=False)
+    assert ev["knn_acc"] == pytest.approx(res.knn_last, abs=1e-12)
+    assert (tmp_path / "moco" / "eval.json").is_file()
