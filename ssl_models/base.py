@@ -141,7 +141,10 @@ class SSLMethod(nn.Module):
 
     def set_extra_state(self, state) -> None:
         if self.fhat is not None and state and state.get("fhat") is not None:
-            self.fhat.load_state_dict(state["fhat"])
+            st = dict(state["fhat"])
+            if st.get("F") is not None:  # a checkpoint is loaded on the CPU; F-hat lives with the parameters
+                st["F"] = st["F"].to(next(self.parameters()).device)
+            self.fhat.load_state_dict(st)
 
     def _stop(self, z: torch.Tensor) -> torch.Tensor:
         """The stop-gradient on a target computed by the online network (removed by the ablation)."""

@@ -329,3 +329,30 @@ def test_evaluate_run_of_a_split_bn_mocov2_run(cifar_small, make_config, tmp_pat
     ev = evaluate_run(cfg, tmp_path / "moco", device="cpu", data=cifar_small, linear=False)
     assert ev["knn_acc"] == pytest.approx(res.knn_last, abs=1e-12)
     assert (tmp_path / "moco" / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["directpred", "byol-gsg", "mocov2"])
+def test_resume_restores_fhat_targets_queue_and_generators(name, cifar_small, make_config, tmp_path):
+    """Stop after 5 steps, resume, finish: bitwise the weights (and F-hat, EMA target, MoCo queue, GSG's
+    partner generator) of an uninterrupted run."""
+    from stopgrad.dynamics import RuleSpec
+    from stopgrad.ssl_models import MethodConfig
+
+    over = {}
+    if name == "directpred":
+        over = dict(method=MethodConfig(name="byol"),
+                    predictor=PredictorConfig(kind="linear", rule=RuleSpec("directpred"), rho=0.3, freq=2))
+    cfg = make_config("byol" if name == "directpred" else name, **over)
+    cfg = replace(cfg, eval=replace(cfg.eval, knn_every=0))
+    full = Trainer(cfg, tmp_path / "full", device="cpu", data=cifar_small).run()
+    part = replace(cfg, train=replace(cfg.train, max_steps=5))
+    Trainer(part, tmp_path / "part", device="cpu", data=cifar_small).run()
+    rest = Trainer(cfg, tmp_path / "part", device="cpu", data=cifar_small, resume=True).run()
+    assert full.steps == rest.steps == 16
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["method"]
+    b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")["method"]
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, b[k]), k
+    if name == "directpred":
+        assert torch.equal(a["_extra_state"]["fhat"]["F"], b["_extra_state"]["fhat"]["F"])
