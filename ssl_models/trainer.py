@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -200,6 +200,11 @@ class Trainer:
         self.schedule = LRSchedule(cfg.optim, self.total_steps, self.steps_per_epoch, self.lr)
 
         self.train_images = data.train_images.to(dev)
+        # the kNN monitor reads the bank and the test split from the device too (no copy of the train split)
+        shared_bank = data.bank_images is data.train_images
+        self.eval_data = replace(data, train_images=self.train_images, test_images=data.test_images.to(dev),
+                                 bank_images=self.train_images if shared_bank else data.bank_images.to(dev),
+                                 bank_labels=data.bank_labels)
         out_dtype = self.amp_dtype if (self.amp_dtype is not None and dev.type == "cuda") else torch.float32
         self.augment = GPUAugment(cfg.augment, data.image_size, data.mean, data.std, out_dtype=out_dtype,
                                   channels_last=self.channels_last)
@@ -378,7 +383,7 @@ class Trainer:
     def evaluate_knn(self) -> float | None:
         acc = None
         if D.is_main():
-            acc = knn_monitor(self.method.backbone, self.data, self.cfg.eval, self.eval_transform, self.device,
+            acc = knn_monitor(self.method.backbone, self.eval_data, self.cfg.eval, self.eval_transform, self.device,
                               self.amp_dtype if self.device.type == "cuda" else None)
             self.knn_history.append((self.step, acc))
             self.probe.record_knn(self.step, acc)

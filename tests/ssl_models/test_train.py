@@ -318,6 +318,9 @@ def test_bad_inputs_get_one_clear_line(tmp_path, capsys, monkeypatch, data_root)
     assert "holds no checkpoint.pt" in err
     err = _bad(tmp_path, capsys, monkeypatch, good, extra=["--set", "train.epochs=0"], root=data_root)
     assert "train.epochs = 0" in err
+    if not torch.cuda.is_available():
+        err = _bad(tmp_path, capsys, monkeypatch, good, extra=["--device", "cuda"], root=data_root)
+        assert "CUDA is not available" in err
 
 
 def test_evaluate_run_of_a_split_bn_mocov2_run(cifar_small, make_config, tmp_path):
