@@ -23,11 +23,18 @@ def eigh_descending(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     this calls numpy's batched LAPACK driver, which is about 2x faster than torch's for small matrices.
     """
     F = 0.5 * (F + F.mT)
+    # a matrix with a NaN or inf (a failed run) gets NaN results instead of stopping LAPACK
+    bad = ~torch.isfinite(F).all(dim=-1).all(dim=-1)
+    if bool(bad.any()):
+        F = torch.where(bad[..., None, None], torch.zeros_like(F), F)
     if F.device.type == "cpu" and F.dtype == torch.float64:
         s, U = np.linalg.eigh(F.numpy())
         s, U = torch.from_numpy(s), torch.from_numpy(U)
     else:
         s, U = torch.linalg.eigh(F)
+    if bool(bad.any()):
+        s = torch.where(bad[..., None], torch.nan, s)
+        U = torch.where(bad[..., None, None], torch.nan, U)
     return s.flip(-1), U.flip(-1)
 
 

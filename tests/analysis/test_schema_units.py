@@ -62,6 +62,14 @@ def test_spectral_quantities_on_commuting_and_non_commuting_pairs():
     assert (q["alignment"].abs() <= 1 + 1e-12).all()
 
 
+def test_spectral_quantities_of_a_failed_run_are_nan_not_an_error():
+    F = torch.eye(3, dtype=torch.float64).repeat(2, 1, 1)
+    F[1, 0, 0] = float("nan")
+    q = spectral_quantities(F, torch.eye(3, dtype=torch.float64).repeat(2, 1, 1))
+    assert torch.isnan(q["s"][1]).all() and torch.allclose(q["s"][0], torch.ones(3, dtype=torch.float64))
+    assert torch.isnan(q["p"][1]).all()
+
+
 def test_unit_mapping_paper_defaults_and_round_trip():
     """theory.md §1.2: lr 0.03, wd 4e-4 (paper convention), gamma_a 0.996 -> eta = 0.0133, beta = 0.133."""
     f = to_flow(OptimizerUnits(lr=0.03, weight_decay=4e-4, ema_momentum=0.996, steps=1000, convention="paper"))
