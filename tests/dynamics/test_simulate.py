@@ -86,3 +86,18 @@ def test_bad_simulations_are_rejected_with_the_field_named(bad, match):
 def test_bad_models_are_rejected_with_the_field_named(bad, match):
     with pytest.raises(ConfigError, match=match):
         LinearModel(**bad)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_run_that_cannot_finish_is_reported_with_its_time(backend):
+    model = LinearModel(n1=8, n2=4, method="byol", beta=0.5)
+    sim = Simulation(model=model, t_end=100.0, n_save=11, grid={"seed": [0, 1]}, backend=backend,
+                     solver=Solver(rtol=1e-10, atol=1e-12, max_steps=40))
+    with pytest.warns(RuntimeWarning, match="max steps at t ="):
+        ds = simulate(sim)
+    assert list(ds.status.values) == ["max steps", "max steps"]
+    t_fail = ds.t_fail.values
+    assert np.all((t_fail > 0) & (t_fail < 100))
+    reached = ds.time.values <= t_fail[0]
+    assert np.isfinite(ds.s.values[0][reached]).all() and np.isnan(ds.s.values[0][~reached]).all()
+    assert list(ds.verdict.values) == ["max steps", "max steps"]
