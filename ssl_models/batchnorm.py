@@ -63,7 +63,13 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def convert_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
-    """Replace every BatchNorm1d/2d/3d in ``module`` by a SplitBatchNorm with the same state (in place)."""
+    """Replace every BatchNorm1d/2d/3d in ``module`` by a SplitBatchNorm (in place; returns ``module``, or
+    the new module when ``module`` itself is a BatchNorm).
+
+    Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, the new module takes over the original's
+    Parameter and buffer *objects* (not copies), so ``requires_grad`` (a frozen momentum encoder stays
+    frozen), optimizer references and the device are kept.
+    """
     if num_splits == 1:
         return module
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
@@ -71,7 +77,13 @@ def convert_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
             module.num_features, num_splits, eps=module.eps, momentum=module.momentum,
             affine=module.affine, track_running_stats=module.track_running_stats,
         )
-        new.load_state_dict(module.state_dict())
+        if module.affine:
+            new.weight = module.weight
+            new.bias = module.bias
+        if module.track_running_stats:
+            new.running_mean = module.running_mean
+            new.running_var = module.running_var
+            new.num_batches_tracked = module.num_batches_tracked
         new.train(module.training)
         return new
     for name, child in module.named_children():

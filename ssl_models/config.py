@@ -67,6 +67,19 @@ def _pair(key: str, value, lo=None, hi=None) -> None:
     check(key, value, value[0] <= value[1], "must satisfy low <= high")
 
 
+#: per-method defaults of the [method] keys left unset (None). Sources (reference/methods.md §1.1, §3.1):
+#: SimCLR App. B.9 and lightly's NTXentLoss (T = 0.5); MoCo v2 (``--moco-t 0.2``; the CIFAR demo's
+#: m = 0.99, fixed); BYOL with solo-learn's CIFAR schedule 0.99 -> 1 (cosine); BYOL-GSG's official code
+#: (m = 0.99, fixed). Keys a method does not use get the neutral values of ``_OTHER``.
+METHOD_DEFAULTS = {
+    "simclr": dict(temperature=0.5),
+    "mocov2": dict(temperature=0.2, momentum=0.99, momentum_schedule="constant"),
+    "byol": dict(momentum=0.99, momentum_final=1.0, momentum_schedule="cosine"),
+    "byol-gsg": dict(momentum=0.99, momentum_schedule="constant"),
+}
+_OTHER = dict(temperature=0.1, momentum=0.99, momentum_final=1.0, momentum_schedule="constant")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """The SSL method and its switches.
@@ -78,27 +91,41 @@ class MethodConfig:
     ema: byol family only; False takes the targets from the online network (no momentum encoder).
     momentum, momentum_final, momentum_schedule: EMA momentum m of the target encoder; "cosine" goes from
     ``momentum`` to ``momentum_final`` over the run (BYOL), "constant" keeps ``momentum``.
-    temperature: NT-Xent / InfoNCE temperature. queue_size, symmetric, shuffle_bn: MoCo v2.
+    temperature: NT-Xent / InfoNCE temperature. queue_size, symmetric, shuffle_bn: MoCo v2 (shuffle_bn:
+    batch shuffling for the key encoder across all processes; it changes the keys only where BN
+    statistics are per group: several processes and/or ``train.bn_splits > 1``).
+    loss_scale: the loss is multiplied by this before the backward pass (the reported loss is not), e.g.
+    4 for luckmatters' DirectPred loss sum_views -2 cos against the -(cos + cos)/2 used here.
+
+    momentum, momentum_final, momentum_schedule and temperature left unset take the method's own
+    defaults (``METHOD_DEFAULTS``: simclr T 0.5; mocov2 T 0.2, m 0.99 constant; byol m 0.99 -> 1 cosine;
+    byol-gsg m 0.99 constant), resolved when the config is built (so config.toml records them).
     """
 
     name: str = "simsiam"
     stop_gradient: bool = True
     ema: bool = True
-    momentum: float = 0.99
-    momentum_final: float = 1.0
-    momentum_schedule: str = "cosine"
-    temperature: float = 0.1
+    momentum: float | None = None
+    momentum_final: float | None = None
+    momentum_schedule: str | None = None
+    temperature: float | None = None
     queue_size: int = 4096
     symmetric: bool = True
     shuffle_bn: bool = True
+    loss_scale: float = 1.0
 
     def __post_init__(self):
         check_choice("name", self.name, METHODS)
+        defaults = {**_OTHER, **METHOD_DEFAULTS.get(self.name, {})}
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
         check_range("momentum", self.momentum, 0, 1)
         check_range("momentum_final", self.momentum_final, 0, 1)
         check_choice("momentum_schedule", self.momentum_schedule, ("cosine", "constant"))
         check_range("temperature", self.temperature, 0, None, lo_open=True)
         check_range("queue_size", self.queue_size, 1, None, integer=True)
+        check_range("loss_scale", self.loss_scale, 0, None, lo_open=True)
 
     @property
     def predictive(self) -> bool:
@@ -290,7 +317,11 @@ class OptimConfig:
     predictor_lr_ratio: the predictor's lr is this times the trunk's (alpha_p of the theory).
     fix_predictor_lr: the predictor keeps its initial lr (SimSiam's --fix-pred-lr; no warm-up, no decay).
     predictor_weight_decay: the predictor's weight decay (None: weight_decay); set weight_decay = 0 and
-    this > 0 for predictor-only weight decay."""
+    this > 0 for predictor-only weight decay.
+    predictor_decay: ``coupled`` (PyTorch SGD: the predictor shrinks by predictor_lr * wd_p per step, so a
+    predictor lr ratio alpha_p also scales its decay) or ``flow`` (the predictor shrinks by trunk_lr * wd_p
+    per step, the theory's -eta W_p of Eq. 2, not multiplied by alpha_p: its SGD weight decay is set to
+    wd_p * trunk_lr / predictor_lr at every step; SGD only)."""
 
     name: str = "sgd"
     lr: float = 0.03
@@ -301,6 +332,7 @@ class OptimConfig:
     predictor_lr_ratio: float = 1.0
     fix_predictor_lr: bool = False
     predictor_weight_decay: float | None = None
+    predictor_decay: str = "coupled"
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
@@ -318,6 +350,9 @@ class OptimConfig:
         check_range("predictor_lr_ratio", self.predictor_lr_ratio, 0, None, lo_open=True)
         if self.predictor_weight_decay is not None:
             check_range("predictor_weight_decay", self.predictor_weight_decay, 0, None)
+        check_choice("predictor_decay", self.predictor_decay, ("coupled", "flow"))
+        check("predictor_decay", self.predictor_decay, self.predictor_decay == "coupled" or self.name == "sgd",
+              "'flow' is defined for SGD (LARS rescales every update)")
         check_choice("schedule", self.schedule, ("cosine", "constant"))
         check_range("warmup_epochs", self.warmup_epochs, 0, None)
         check_range("min_lr", self.min_lr, 0, None)
@@ -336,8 +371,9 @@ class TrainSpec:
     checkpoint_every: epochs between checkpoints (0: only at exit). log_every: steps between progress
     updates (also how often a non-finite loss is checked on a GPU, which costs a synchronisation).
     bn_splits: every BatchNorm normalises over bn_splits groups of the batch (MoCo's SplitBatchNorm on
-    one GPU; equals per-GPU BN of a bn_splits-GPU run). sync_bn: SyncBatchNorm in multi-GPU runs.
-    fuse_views: forward all views as one batch (with per-view BN statistics) instead of one by one."""
+    one GPU; equals per-GPU BN of a bn_splits-GPU run); in a DDP run each process splits its own share of
+    the batch, which must divide into bn_splits groups of at least 2 (checked by the trainer).
+    sync_bn: SyncBatchNorm in multi-GPU CUDA runs (not for MoCo's key encoder with shuffle_bn)."""
 
     epochs: int = 200
     batch_size: int = 512
@@ -351,7 +387,6 @@ class TrainSpec:
     log_every: int = 20
     bn_splits: int = 1
     sync_bn: bool = True
-    fuse_views: bool = False
     progress: bool = True
 
     def __post_init__(self):

@@ -14,6 +14,8 @@ import torch.distributed as dist
 __all__ = [
     "DistInfo",
     "barrier",
+    "broadcast_",
+    "gather_global",
     "gather_nograd",
     "gather_with_grad",
     "init_distributed",
@@ -91,6 +93,26 @@ def gather_nograd(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out)
+
+
+def gather_global(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (B, ...) from all processes in *global-batch order*; no gradient.
+
+    The trainer gives process r the samples r, r + W, r + 2W, ... of each global batch, so row ``r + W*j``
+    of the result is process r's row j: the global batch as a one-process run would hold it.
+    """
+    if not _active() or world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.stack(out, dim=1).reshape(-1, *x.shape[1:])
+
+
+def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite ``x`` in place with process ``src``'s value (a no-op in one process); returns ``x``."""
+    if _active() and world_size() > 1:
+        dist.broadcast(x, src=src)
+    return x
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,14 @@ __all__ = ["LARS", "LRSchedule", "build_optimizer"]
 
 
 class LARS(torch.optim.Optimizer):
-    """LARS (You et al. 2017) with SGD momentum, as solo-learn/apex LARC use it.
+    """LARS (You et al. 2017) with SGD momentum, the update of apex's ``LARC`` and solo-learn's ``LARS``.
 
-    For each parameter not excluded: g <- g + wd * w, then g <- g * eta ||w|| / ||g|| (when both norms are
-    positive; with ``clip`` the local rate is min(eta ||w|| / (lr ||g||), 1) * lr, apex's clip mode).
+    For each parameter w not excluded, with gradient g, when ||w|| > 0 and ||g|| > 0:
+
+        trust = eta ||w|| / (||g|| + wd ||w|| + eps),     g <- (g + wd w) * trust
+
+    (with ``clip``: trust <- min(trust / lr, 1), apex's clip mode, so the local rate is min(trust, lr));
+    when either norm is 0 the gradient is used as it is, without weight decay (as both references do).
     Groups with ``lars_exclude = True`` (biases and BN parameters) get plain SGD without weight decay.
     """
 
@@ -39,14 +43,12 @@ class LARS(torch.optim.Optimizer):
                     continue
                 g = p.grad
                 if not group["lars_exclude"]:
-                    if wd:
-                        g = g.add(p, alpha=wd)
                     pn, gn = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    trust = group["eta"] * pn / (gn + group["eps"])
+                    trust = group["eta"] * pn / (gn + wd * pn + group["eps"])
                     if group["clip"]:
                         trust = torch.clamp(trust / lr, max=1.0)
-                    trust = torch.where((pn > 0) & (gn > 0), trust, torch.ones_like(trust))
-                    g = g * trust
+                    adapted = (g.add(p, alpha=wd) if wd else g) * trust
+                    g = torch.where((pn > 0) & (gn > 0), adapted, g)  # no host synchronisation
                 if mom:
                     state = self.state[p]
                     buf = state.get("momentum_buffer")
@@ -67,17 +69,20 @@ def _split(params: list[nn.Parameter]) -> tuple[list, list]:
 def build_optimizer(cfg: OptimConfig, groups: dict[str, list[nn.Parameter]], lr: float) -> torch.optim.Optimizer:
     """An optimizer over ``groups`` (``trunk``, ``predictor``) with peak trunk learning rate ``lr``.
 
-    Each param group carries ``name``, ``base_lr`` (its peak lr) and ``fixed`` (keep base_lr: the
-    predictor with fix_predictor_lr), which :class:`LRSchedule` reads.
+    Each param group carries ``name``, ``base_lr`` (its peak lr), ``fixed`` (keep base_lr: the
+    predictor with fix_predictor_lr) and ``base_wd`` with ``flow_decay`` (optim.predictor_decay = "flow":
+    the group's SGD weight decay is base_wd * trunk_lr / group_lr, so it shrinks by trunk_lr * base_wd per
+    step), which :class:`LRSchedule` reads.
     """
     pred_lr = lr * cfg.predictor_lr_ratio
     pred_wd = cfg.weight_decay if cfg.predictor_weight_decay is None else cfg.predictor_weight_decay
+    flow = cfg.predictor_decay == "flow"
     spec = [
-        ("trunk", groups.get("trunk", []), lr, cfg.weight_decay, False),
-        ("predictor", groups.get("predictor", []), pred_lr, pred_wd, cfg.fix_predictor_lr),
+        ("trunk", groups.get("trunk", []), lr, cfg.weight_decay, False, False),
+        ("predictor", groups.get("predictor", []), pred_lr, pred_wd, cfg.fix_predictor_lr, flow),
     ]
     param_groups = []
-    for name, params, base, wd, fixed in spec:
+    for name, params, base, wd, fixed, flow_decay in spec:
         if not params:
             continue
         if cfg.name == "lars" and cfg.lars_exclude_bias_bn:
@@ -87,8 +92,9 @@ def build_optimizer(cfg: OptimConfig, groups: dict[str, list[nn.Parameter]], lr:
             parts = [(params, wd, False)]
         for ps, w, excl in parts:
             if ps:
-                param_groups.append(dict(params=ps, lr=base, weight_decay=w, name=name, base_lr=base,
-                                         fixed=fixed, lars_exclude=excl))
+                eff = w * lr / base if flow_decay else w  # "flow": per-step decay lr * w at the peak lr
+                param_groups.append(dict(params=ps, lr=base, weight_decay=eff, name=name, base_lr=base,
+                                         fixed=fixed, lars_exclude=excl, base_wd=w, flow_decay=flow_decay))
     if cfg.name == "lars":
         return LARS(param_groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta, clip=cfg.lars_clip,
                     nesterov=cfg.nesterov)
@@ -106,6 +112,7 @@ class LRSchedule:
         self.total = max(1, int(total_steps))
         self.warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
         self.min_ratio = cfg.min_lr / trunk_lr if trunk_lr > 0 else 0.0
+        self.trunk_lr = trunk_lr
 
     def factor(self, step: int) -> float:
         """Multiplier of base_lr at optimizer step ``step`` (0-based)."""
@@ -118,11 +125,16 @@ class LRSchedule:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every non-fixed group's lr for ``step``; returns the trunk's lr."""
+        """Set every non-fixed group's lr for ``step`` (and the weight decay of ``flow_decay`` groups, so
+        that they shrink by trunk_lr * base_wd per step); returns the trunk's lr."""
         f = self.factor(step)
         trunk = None
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] if g.get("fixed") else g["base_lr"] * f
             if g.get("name") == "trunk" and trunk is None:
                 trunk = g["lr"]
+        trunk_lr = trunk if trunk is not None else self.trunk_lr * f
+        for g in optimizer.param_groups:
+            if g.get("flow_decay") and g["lr"] > 0:
+                g["weight_decay"] = g["base_wd"] * trunk_lr / g["lr"]
         return trunk if trunk is not None else f

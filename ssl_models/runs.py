@@ -54,9 +54,13 @@ def evaluate_run(cfg: TrainConfig, out_dir, *, data_root=None, device: str = "au
         "run": str(out_dir), "step": int(state["step"]), "dataset": data.name, "data_source": data.source,
         "knn_acc": knn, "knn_k": ev.knn_k, "knn_temperature": ev.knn_temperature, "knn_bank": int(n_bank),
     }
-    knn_hist = [a for _, a in state.get("knn", [])]
+    hist = [(int(s), float(a)) for s, a in state.get("knn", [])]
+    knn_hist = [a for s, a in hist if s > 0]  # as the trainer: the step-0 baseline is not the best
     if knn_hist:
         result["knn_monitor_last"], result["knn_monitor_best"] = knn_hist[-1], max(knn_hist)
+    start = [a for s, a in hist if s == 0]
+    if start:
+        result["knn_monitor_start"] = start[-1]
     if linear:
         result.update(linear_probe(backbone, data, ev, transform, dev, amp, seed=cfg.train.seed, features=(bank, test)))
     result["seconds"] = time.perf_counter() - t0

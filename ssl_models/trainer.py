@@ -10,8 +10,11 @@ bitwise to the same weights as an uninterrupted one.
 DDP (launched by ``torchrun``): every process holds the whole uint8 dataset, draws the same global batch
 indices and the same augmentation parameters for the global batch, and augments and trains on its
 interleaved shard (rank r takes samples r, r + W, ...). Gradients are averaged by DDP; SyncBatchNorm on
-CUDA (``train.sync_bn``), per-process BatchNorm otherwise (a one-process run with ``train.bn_splits = W``
-normalises identically). Only rank 0 writes files and evaluates.
+CUDA (``train.sync_bn``; MoCo's key encoder keeps per-process BN for shuffle-BN), per-process BatchNorm
+otherwise (a one-process run with ``train.bn_splits = W`` normalises identically). Only rank 0 writes
+files and evaluates; the kNN accuracy is broadcast so every process holds the same history. Every check
+that can stop the run (a non-finite loss, a stop request) is agreed on by all processes, so they stop
+together; a process group the trainer created is destroyed when the run ends.
 """
 
 from __future__ import annotations
@@ -41,14 +44,16 @@ from .data import ImageData, load_image_data
 from .errors import TrainingError
 from .evaluation import knn_monitor
 from .methods import build_method
+from .momentum import deactivate_requires_grad
 from .optim import LRSchedule, build_optimizer
 from .probes import SpectralProbe
 
-__all__ = ["TrainResult", "Trainer", "train"]
+__all__ = ["TrainResult", "Trainer", "convert_batchnorm", "train"]
 
-#: config keys that may differ between a run and its resumption (they do not change the trajectory).
+#: config keys that may differ between a run and its resumption (they do not change the trajectory;
+#: train.fuse_views is a removed key that older checkpoints still hold).
 RESUME_FREE = {"train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
-               "train.compile", "train.compile_mode", "data.root", "data.download"}
+               "train.compile", "train.compile_mode", "data.root", "data.download", "train.fuse_views"}
 RESUME_FREE_TABLES = ("eval.",)
 
 
@@ -61,8 +66,9 @@ class TrainResult:
     epochs: float
     status: str  # "finished", "max_steps" or "interrupted"
     final_loss: float
-    knn_last: float | None
+    knn_last: float | None  # last and best kNN accuracy after training steps (the step-0 baseline excluded)
     knn_best: float | None
+    knn_start: float | None  # the step-0 baseline (eval.knn_at_start), reported separately
     train_seconds: float
     images_per_second: float
     probe_seconds: float
@@ -109,6 +115,24 @@ class _StopRequest:
 def _log(msg: str) -> None:
     if D.is_main():
         print(f"stopgrad: {msg}", file=sys.stderr, flush=True)
+
+
+def convert_batchnorm(method: nn.Module, cfg: TrainConfig, world: int, device_type: str) -> nn.Module:
+    """The run's BatchNorm flavour: SplitBatchNorm with ``train.bn_splits > 1``; else SyncBatchNorm in a
+    multi-process CUDA run with ``train.sync_bn``, except MoCo's key encoder with shuffle_bn, which keeps
+    per-process statistics (shuffle-BN exists to make the key encoder's BN groups differ from the query
+    encoder's; synchronised statistics would undo it). The momentum encoder stays frozen either way."""
+    if cfg.train.bn_splits > 1:
+        method = convert_split_batchnorm(method, cfg.train.bn_splits)
+    elif world > 1 and device_type == "cuda" and cfg.train.sync_bn:
+        if cfg.method.name == "mocov2" and cfg.method.shuffle_bn:
+            method.online = nn.SyncBatchNorm.convert_sync_batchnorm(method.online)
+        else:
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    target = getattr(method, "target", None)
+    if target is not None:
+        deactivate_requires_grad(target)
+    return method
 
 
 class Trainer:
@@ -160,6 +184,12 @@ class Trainer:
         if cfg.train.batch_size % ws_env:
             raise ConfigError("train.batch_size", cfg.train.batch_size,
                               f"must be divisible by the number of processes ({ws_env})")
+        local, splits = cfg.train.batch_size // ws_env, cfg.train.bn_splits
+        if local % splits or local // splits < 2:
+            raise ConfigError("train.bn_splits", splits,
+                              f"must divide each process's batch ({local} = train.batch_size {cfg.train.batch_size} "
+                              f"/ {ws_env} processes) into groups of at least 2")
+        self._owns_dist = ws_env > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized())
         self.dist = D.init_distributed(self.device_arg)
         self.device = dev = self.dist.device
         self.rank, self.world = self.dist.rank, self.dist.world_size
@@ -180,11 +210,7 @@ class Trainer:
         prec = cfg.train.precision
         self.amp_dtype = torch.bfloat16 if (prec == "bf16" or (prec == "auto" and dev.type == "cuda")) else None
         torch.manual_seed(cfg.train.seed)
-        method = build_method(cfg)
-        if cfg.train.bn_splits > 1:
-            convert_split_batchnorm(method, cfg.train.bn_splits)
-        elif self.world > 1 and dev.type == "cuda" and cfg.train.sync_bn:
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        method = convert_batchnorm(build_method(cfg), cfg, self.world, dev.type)
         method.to(dev)
         # channels_last only on CUDA: on the CPU, torch's channels_last BatchNorm backward loses precision
         # (0.7% gradient error measured on a small convnet against float64; contiguous: 1e-5).
@@ -213,7 +239,7 @@ class Trainer:
         self.aug_gen.manual_seed(cfg.train.seed * 1_000_003 + 1)
         self.probe = SpectralProbe(cfg.probe, self.steps_per_epoch, has_rule_fhat=method.fhat is not None,
                                    background=dev.type == "cuda")
-        self.knn_history: list[tuple[int, float]] = []
+        self.knn_history: list[tuple[int, float]] = []  # (step, accuracy), the same on every process
         self.step = 0
         self.train_seconds = 0.0
         self.last_loss = math.nan
@@ -304,10 +330,11 @@ class Trainer:
             "dataset": cfg.data.name, "arch": cfg.encoder.arch, "batch_size": cfg.train.batch_size,
             "lr": self.lr, "weight_decay": cfg.optim.weight_decay,
             "predictor_lr": self.lr * cfg.optim.predictor_lr_ratio,
-            "predictor_weight_decay": (cfg.optim.weight_decay if cfg.optim.predictor_weight_decay is None
-                                       else cfg.optim.predictor_weight_decay),
+            "predictor_weight_decay": self._predictor_sgd_weight_decay(),
+            "predictor_decay": cfg.optim.predictor_decay,
+            "loss_scale": cfg.method.loss_scale,
             "sgd_momentum": cfg.optim.momentum, "optimizer": cfg.optim.name,
-            "ema_momentum": cfg.method.momentum if self.method_has_target() else math.nan,
+            **self._ema_attrs(),
             "predictor": cfg.predictor.kind, "steps_per_epoch": self.steps_per_epoch,
             "probe_every": cfg.probe.every, "probe_seconds": self.probe.time_spent,
             "probe_background_seconds": self.probe.worker_seconds,
@@ -318,6 +345,23 @@ class Trainer:
         if self.method.rule is not None:
             attrs["predictor_rule"] = self.method.rule.name
         return self.probe.to_dataset(cfg.method.name, config_to_toml(cfg), attrs)
+
+    def _predictor_sgd_weight_decay(self) -> float:
+        """The predictor group's SGD weight decay at the peak lr (what ``analysis.to_flow`` expects)."""
+        o = self.cfg.optim
+        wd = o.weight_decay if o.predictor_weight_decay is None else o.predictor_weight_decay
+        return wd / o.predictor_lr_ratio if o.predictor_decay == "flow" else wd
+
+    def _ema_attrs(self) -> dict:
+        """EMA attributes: ``ema_momentum`` only when it is constant; a cosine schedule is described by its
+        ends (the per-probe ``ema_momentum`` variable holds the value at each probe)."""
+        if not self.method_has_target():
+            return {"ema_momentum": math.nan}
+        m = self.cfg.method
+        if m.momentum_schedule == "constant":
+            return {"ema_momentum": m.momentum, "ema_momentum_schedule": "constant"}
+        return {"ema_momentum": math.nan, "ema_momentum_schedule": m.momentum_schedule,
+                "ema_momentum_start": m.momentum, "ema_momentum_final": m.momentum_final}
 
     def method_has_target(self) -> bool:
         return hasattr(self.method, "target") and getattr(self.method, "use_ema", True)
@@ -354,8 +398,8 @@ class Trainer:
                             enabled=self.amp_dtype is not None):
             out = self.model(views)
         loss = out["loss"]
-        if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
-            self._nonfinite(float(loss.detach()))
+        if self.device.type == "cpu":
+            self._check_finite_cpu(loss)
         self.probe.observe(out)
         if self.probe.due(step) and D.is_main():
             if self.device.type == "cuda":
@@ -364,37 +408,70 @@ class Trainer:
             self.probe.record(step, out, self.local_batch, self.method.fhat.F if self.method.fhat else None,
                               self.method.predictor_matrix(), lr=lr, ema_momentum=mom)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scale = self.cfg.method.loss_scale
+        (loss * scale if scale != 1.0 else loss).backward()
         self.optimizer.step()
         self.method.on_step_end(step)
         self.step += 1
         return out
 
-    def _nonfinite(self, value: float) -> None:
+    def _check_finite_cpu(self, loss: torch.Tensor) -> None:
+        """On the CPU the loss is checked every step, before the backward pass. With several processes the
+        losses are all-gathered first, so that every process stops at the same step (a process that
+        stopped alone would leave the others waiting in DDP's gradient all-reduce)."""
+        value = loss.detach().float().reshape(1)
+        values = D.gather_nograd(value) if self.world > 1 else value
+        if not bool(torch.isfinite(values).all()):
+            bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+            where = f" on process {bad[0]} of {self.world}" if self.world > 1 else ""
+            self._nonfinite(float(values[bad[0]]), where=where)
+
+    def _nonfinite(self, value: float, where: str = "") -> None:
         ckpt = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         if self.out_dir is not None and D.is_main():
             self.write_metrics()
         kept = (f"the last good checkpoint {ckpt} is kept" if ckpt is not None and ckpt.is_file()
                 else "no checkpoint had been written yet")
-        raise TrainingError(f"the loss became {value} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}); "
+        raise TrainingError(f"the loss became {value}{where} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}); "
                             f"training stopped and {kept}. Lower optim.lr, or check the data and augmentation")
 
     # ---------------------------------------------------------------------------------------------- the loop
-    def evaluate_knn(self) -> float | None:
-        acc = None
+    def evaluate_knn(self) -> float:
+        """The kNN monitor at the current step (computed on rank 0, broadcast, recorded on every process)."""
+        acc = math.nan
         if D.is_main():
             acc = knn_monitor(self.method.backbone, self.eval_data, self.cfg.eval, self.eval_transform, self.device,
                               self.amp_dtype if self.device.type == "cuda" else None)
-            self.knn_history.append((self.step, acc))
+        if self.world > 1:
+            t = torch.tensor([acc], dtype=torch.float64, device=self.device)
+            D.broadcast_(t, src=0)
+            acc = float(t[0])
+        self.knn_history.append((self.step, acc))
+        if D.is_main():
             self.probe.record_knn(self.step, acc)
-        D.barrier()
         return acc
 
+    def close(self) -> None:
+        """Destroy the process group if this trainer created it (a no-op otherwise)."""
+        if getattr(self, "_owns_dist", False):
+            D.shutdown_distributed()
+            self._owns_dist = False
+
     def run(self) -> TrainResult:
-        """Train to ``train.epochs`` (or ``train.max_steps``), writing checkpoints and metrics."""
+        """Train to ``train.epochs`` (or ``train.max_steps``), writing checkpoints and metrics; at the end
+        (or when every process stops on a TrainingError) the process group the trainer created is destroyed."""
+        self.setup()
+        try:
+            result = self._run()
+        except TrainingError:
+            self.close()  # all processes raise it at the same step (the checks are collective)
+            raise
+        self.close()
+        return result
+
+    def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
 
-        self.setup()
         cfg = self.cfg
         spe = self.steps_per_epoch
         log_every = cfg.train.log_every
@@ -403,7 +480,7 @@ class Trainer:
                    disable=not (cfg.train.progress and D.is_main()), desc=f"{cfg.method.name}")
         if cfg.eval.knn_at_start and self.step == 0 and not self.knn_history:
             acc = self.evaluate_knn()
-            if acc is not None and cfg.train.progress:
+            if cfg.train.progress and self.rank == 0:
                 bar.write(f"step 0: kNN accuracy {100 * acc:.2f}%")
         bad = None
         pending = 0
@@ -449,15 +526,15 @@ class Trainer:
                 ke = cfg.eval.knn_every
                 if done_epoch and ((ke and (epoch + 1) % ke == 0) or (last and status == "finished")):
                     acc = self.evaluate_knn()
-                    if acc is not None and cfg.train.progress:
+                    if cfg.train.progress and self.rank == 0:
                         bar.write(f"epoch {epoch + 1}: kNN accuracy {100 * acc:.2f}%")
                 ce = cfg.train.checkpoint_every
                 if done_epoch and ce and (epoch + 1) % ce == 0 and not last:
                     self.save()
         bar.close()
         self.probe.flush()
-        if status == "max_steps" and not self.knn_history:
-            self.evaluate_knn()
+        if status != "interrupted" and (not self.knn_history or self.knn_history[-1][0] != self.step):
+            self.evaluate_knn()  # the reported kNN is always the final weights' (e.g. a max_steps stop mid-epoch)
         self.save()
         self.probe.close()
         result = self.result(status)
@@ -468,7 +545,8 @@ class Trainer:
         return result
 
     def result(self, status: str) -> TrainResult:
-        accs = [a for s, a in self.knn_history if s > 0] or [a for _, a in self.knn_history]
+        accs = [a for s, a in self.knn_history if s > 0]  # the step-0 baseline is reported as knn_start
+        start = [a for s, a in self.knn_history if s == 0]
         ts = self.train_seconds
         return TrainResult(
             out_dir=str(self.out_dir) if self.out_dir is not None else "",
@@ -478,6 +556,7 @@ class Trainer:
             final_loss=float(self.last_loss),
             knn_last=accs[-1] if accs else None,
             knn_best=max(accs) if accs else None,
+            knn_start=start[-1] if start else None,
             train_seconds=ts,
             images_per_second=self.step * self.cfg.train.batch_size / ts if ts > 0 else math.nan,
             probe_seconds=self.probe.time_spent,

@@ -31,6 +31,12 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None):
     from stopgrad.ssl_models import TrainConfig
 
     table = load_toml(path)
+    train = table.get("train")
+    if isinstance(train, dict) and "fuse_views" in train:  # a removed key, in config.toml of older run folders
+        if train["fuse_views"] is not False:
+            raise ConfigError("train.fuse_views", train["fuse_views"], "was removed (it was never implemented); "
+                              "delete the key")
+        del train["fuse_views"]
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError("--set", item, "must look like table.key=value (e.g. train.epochs=1)")
@@ -49,11 +55,12 @@ def _train(args: argparse.Namespace) -> int:
     from stopgrad.ssl_models import Trainer
 
     cfg = load_train_config(args.config, args.set)
-    result = Trainer(cfg, args.out, data_root=args.data_root, device=args.device, resume=args.resume).run()
-    from stopgrad.ssl_models.distributed import is_main
-
-    if is_main():
+    trainer = Trainer(cfg, args.out, data_root=args.data_root, device=args.device, resume=args.resume)
+    result = trainer.run()  # destroys the process group it created (torchrun) when training ends
+    if trainer.rank == 0:
         knn = "n/a" if result.knn_last is None else f"{100 * result.knn_last:.2f}% (best {100 * result.knn_best:.2f}%)"
+        if result.knn_start is not None:
+            knn += f", {100 * result.knn_start:.2f}% at step 0"
         print(f"{result.status}: {result.steps} steps ({result.epochs:.2f} epochs) on {result.device}"
               f"{' x' + str(result.world_size) if result.world_size > 1 else ''}\n"
               f"  final loss        {result.final_loss:.4f}\n"
@@ -74,7 +81,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     res = evaluate_run(cfg, run, data_root=args.data_root, device=args.device, linear=not args.knn_only)
     rows = [("kNN accuracy", f"{100 * res['knn_acc']:.2f}%  (k={res['knn_k']}, T={res['knn_temperature']:g})")]
     if "knn_monitor_best" in res:
-        rows.append(("kNN monitor", f"last {100 * res['knn_monitor_last']:.2f}%, best {100 * res['knn_monitor_best']:.2f}%"))
+        rows.append(("kNN monitor", f"last {100 * res['knn_monitor_last']:.2f}%, best {100 * res['knn_monitor_best']:.2f}%"
+                                    + (f", {100 * res['knn_monitor_start']:.2f}% at step 0"
+                                       if "knn_monitor_start" in res else "")))
     if "linear_test_acc" in res:
         rows.append(("linear probe", f"{100 * res['linear_test_acc']:.2f}% test, {100 * res['linear_train_acc']:.2f}% "
                                      f"train ({res['linear_epochs']} epochs)"))

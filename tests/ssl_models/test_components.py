@@ -69,6 +69,51 @@ def test_split_batchnorm_equals_batchnorm_per_group(shape):
                                                       bn.bias, training=False, eps=bn.eps))
 
 
+def test_split_batchnorm_conversion_keeps_parameters_and_frozen_targets():
+    """The conversion reuses the Parameter and buffer objects (as SyncBatchNorm.convert_sync_batchnorm),
+    so a frozen momentum encoder stays frozen (a trainable copy broke DDP on its second step)."""
+    from stopgrad.ssl_models.momentum import make_target
+
+    online = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1))
+    target = make_target(online)
+    old = [dict(target[i].named_parameters()) for i in (1, 4)]
+    bufs = [target[1].running_mean, target[4].running_var]
+    convert_split_batchnorm(target, 2)
+    assert isinstance(target[1], SplitBatchNorm) and isinstance(target[4], SplitBatchNorm)
+    assert all(not p.requires_grad for p in target.parameters())
+    for i, o in zip((1, 4), old):
+        for k, v in target[i].named_parameters():
+            assert v is o[k], (i, k)
+    assert target[1].running_mean is bufs[0] and target[4].running_var is bufs[1]
+    convert_split_batchnorm(online, 2)
+    assert all(p.requires_grad for p in online.parameters())
+
+
+@pytest.mark.parametrize("name", ["mocov2", "byol", "byol-gsg"])
+@pytest.mark.parametrize("splits, world, device", [(2, 1, "cpu"), (1, 2, "cuda")])
+def test_momentum_encoders_stay_frozen_after_batchnorm_conversion(name, splits, world, device):
+    """The trainer's BN conversion (SplitBatchNorm, or SyncBatchNorm for a multi-process CUDA run) leaves
+    no trainable parameter in the target; MoCo's key encoder keeps per-process BN (shuffle-BN)."""
+    from stopgrad.ssl_models import build_method
+    from stopgrad.ssl_models.trainer import convert_batchnorm
+
+    meth = {"mocov2": dict(queue_size=16), "byol": {}, "byol-gsg": {}}[name]
+    pred = PredictorConfig(kind="none") if name == "mocov2" else PredictorConfig(hidden_dim=8)
+    cfg = TrainConfig(method=MethodConfig(name=name, **meth), encoder=EncoderConfig(arch="convnet", width=4),
+                      projector=ProjectorConfig(hidden_dim=8, out_dim=4), predictor=pred,
+                      train=TrainSpec(batch_size=8, bn_splits=splits))
+    method = convert_batchnorm(build_method(cfg), cfg, world, device)
+    assert sum(p.numel() for p in method.target.parameters()) > 0
+    assert all(not p.requires_grad for p in method.target.parameters())
+    trainable = {id(p) for ps in method.param_groups().values() for p in ps}
+    assert not trainable & {id(p) for p in method.target.parameters()}
+    if device == "cuda":
+        has_sync = [any(isinstance(m, nn.SyncBatchNorm) for m in net.modules()) for net in (method.online, method.target)]
+        assert has_sync == [True, name != "mocov2"]
+    else:
+        assert any(isinstance(m, SplitBatchNorm) for m in method.target.modules())
+
+
 def test_split_batchnorm_channels_last_and_gradients():
     torch.manual_seed(1)
     x = torch.randn(8, 4, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
@@ -137,19 +182,149 @@ def test_moco_queue_wraps_around():
     torch.testing.assert_close(m.queue[:, 0], keys[1][2])
 
 
+def _tiny_moco(splits: int, shuffle: bool = True) -> MoCoV2:
+    cfg = TrainConfig(method=MethodConfig(name="mocov2", queue_size=16, shuffle_bn=shuffle),
+                      encoder=EncoderConfig(arch="convnet", width=4),
+                      projector=ProjectorConfig(hidden_dim=16, out_dim=8), predictor=PredictorConfig(kind="none"))
+    torch.manual_seed(0)
+    m = MoCoV2(cfg)
+    convert_split_batchnorm(m, splits)
+    m.generator = torch.Generator().manual_seed(7)
+    return m
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_moco_shuffle_bn_changes_keys_only_with_grouped_batchnorm(splits):
+    """methods.md §6 item 9: batch shuffling changes the keys only when BN statistics are per group.
+    With 4 SplitBatchNorm groups the keys differ from the unshuffled encoding and equal a brute-force
+    encode(x[perm]) -> un-shuffle; with plain BN in one process they are the unshuffled keys."""
+    x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    shuffled = _tiny_moco(splits, shuffle=True).keys(x)
+    plain = _tiny_moco(splits, shuffle=False).keys(x)
+    m = _tiny_moco(splits)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        k = m.target(x[perm])
+    brute = torch.empty_like(k)
+    for pos, image in enumerate(perm.tolist()):
+        brute[image] = k[pos]
+    torch.testing.assert_close(shuffled, F.normalize(brute, dim=1), atol=1e-6, rtol=1e-5)
+    diff = float((shuffled - plain).abs().max())
+    if splits == 1:
+        assert diff < 1e-5
+    else:
+        assert diff > 1e-2
+    m.eval()  # eval-mode BN: no interaction between samples, so the un-shuffled keys line up exactly
+    with torch.no_grad():
+        torch.testing.assert_close(m.keys(x), F.normalize(m.target(x), dim=1), atol=1e-6, rtol=1e-5)
+
+
+def test_method_defaults_are_per_method():
+    """Unset [method] keys take the method's own defaults (SimCLR T 0.5, MoCo v2 T 0.2 with a fixed 0.99,
+    BYOL 0.99 -> 1 cosine, BYOL-GSG a fixed 0.99); explicit values win; the resolved values round-trip."""
+    simclr, moco = MethodConfig(name="simclr"), MethodConfig(name="mocov2")
+    byol, gsg = MethodConfig(name="byol"), MethodConfig(name="byol-gsg")
+    assert simclr.temperature == 0.5
+    assert (moco.temperature, moco.momentum, moco.momentum_schedule) == (0.2, 0.99, "constant")
+    assert (byol.momentum, byol.momentum_final, byol.momentum_schedule) == (0.99, 1.0, "cosine")
+    assert (gsg.momentum, gsg.momentum_schedule) == (0.99, "constant")
+    assert MethodConfig(name="mocov2", temperature=0.1).temperature == 0.1
+    assert MethodConfig(name="byol", momentum_schedule="constant").momentum_schedule == "constant"
+    cfg = TrainConfig(method=moco, predictor=PredictorConfig(kind="none"))
+    assert config_to_dict(cfg)["method"]["temperature"] == 0.2
+    assert MethodConfig(name="byol").loss_scale == 1.0
+    with pytest.raises(ConfigError, match="loss_scale = 0"):
+        MethodConfig(loss_scale=0)
+
+
+def test_bn_splits_must_divide_each_process_batch(monkeypatch):
+    """batch 64 over 2 processes: 32 per process, which 32 groups cannot split into pairs (64 / 32 = 2
+    passes the one-process check); refused before any process group is set up."""
+    from stopgrad.ssl_models import Trainer, synthetic_data
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = TrainConfig(encoder=EncoderConfig(arch="convnet", width=4), projector=ProjectorConfig(hidden_dim=8, out_dim=4),
+                      predictor=PredictorConfig(hidden_dim=4), train=TrainSpec(batch_size=64, bn_splits=32))
+    with pytest.raises(ConfigError, match=r"train.bn_splits = 32: must divide each process's batch \(32 ="):
+        Trainer(cfg, None, device="cpu", data=synthetic_data(64, 2, 8)).setup()
+    assert not torch.distributed.is_initialized()
+
+
 # ---------------------------------------------------------------------------------- optimizer, schedule
-def test_lars_update_matches_formula():
+def _apex_larc_sgd_step(params, groups, lr, momentum, eta, clip, eps=1e-8):
+    """The reference: apex's ``LARC.step`` (apex/parallel/LARC.py) wrapped around torch SGD, written out.
+
+    For each adapted parameter with ||w|| != 0 and ||g|| != 0: adaptive_lr = eta ||w|| / (||g|| + ||w|| wd
+    + eps) (clip: min(adaptive_lr / lr, 1)); g += wd w; g *= adaptive_lr; then SGD with weight decay 0.
+    solo-learn's LARS computes the same update."""
+    for p, (wd, exclude) in zip(params, groups):
+        if exclude:
+            continue
+        pn, gn = float(p.detach().norm()), float(p.grad.norm())
+        if pn != 0 and gn != 0:
+            adaptive = eta * pn / (gn + pn * wd + eps)
+            if clip:
+                adaptive = min(adaptive / lr, 1.0)
+            p.grad += wd * p.detach()
+            p.grad *= adaptive
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_lars_matches_apex_larc(clip):
+    """Three steps with momentum: our LARS against apex LARC + torch SGD, on a weight (adapted, wd), a
+    bias (excluded) and a zero weight (||w|| = 0: plain SGD step without weight decay in both)."""
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(4, 3, generator=g), torch.randn(3, generator=g), torch.zeros(2, 2)]
+    wd, lr, eta, mom = 0.3, 0.5, 0.02, 0.9
+    ours = [nn.Parameter(t.clone()) for t in init]
+    ref = [nn.Parameter(t.clone()) for t in init]
+    opt = LARS([dict(params=[ours[0]], lars_exclude=False), dict(params=[ours[1]], lars_exclude=True, weight_decay=0.0),
+                dict(params=[ours[2]], lars_exclude=False)], lr=lr, momentum=mom, weight_decay=wd, eta=eta, clip=clip)
+    sgd = torch.optim.SGD(ref, lr=lr, momentum=mom, weight_decay=0.0)
+    for step in range(3):
+        grads = [torch.randn(t.shape, generator=g) for t in init]
+        for p, q, gr in zip(ours, ref, grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        opt.step()
+        with torch.no_grad():
+            _apex_larc_sgd_step(ref, [(wd, False), (0.0, True), (wd, False)], lr, mom, eta, clip)
+        sgd.step()
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-5, msg=f"step {step}")
+    # the weight-decay term is in the trust ratio's denominator: not eta ||w|| / ||g + wd w||
     w = nn.Parameter(torch.tensor([3.0, 4.0]))
-    b = nn.Parameter(torch.tensor([1.0]))
-    opt = LARS([dict(params=[w], lars_exclude=False), dict(params=[b], lars_exclude=True, weight_decay=0.0)],
-               lr=0.5, momentum=0.0, weight_decay=0.1, eta=0.02)
+    opt = LARS([dict(params=[w], lars_exclude=False)], lr=1.0, momentum=0.0, weight_decay=0.1, eta=0.02)
     w.grad = torch.tensor([0.6, -0.8])
-    b.grad = torch.tensor([2.0])
     opt.step()
-    g = torch.tensor([0.6, -0.8]) + 0.1 * torch.tensor([3.0, 4.0])
-    trust = 0.02 * 5.0 / float(g.norm())
-    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0]) - 0.5 * trust * g)
-    torch.testing.assert_close(b.detach(), torch.tensor([1.0 - 0.5 * 2.0]))
+    d = torch.tensor([0.6, -0.8]) + 0.1 * torch.tensor([3.0, 4.0])
+    trust = 0.02 * 5.0 / (1.0 + 0.1 * 5.0 + 1e-8)
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0]) - trust * d)
+
+
+def test_predictor_decay_flow_is_not_scaled_by_the_lr_ratio():
+    """theory.md §1.2: the flow's predictor decay is -eta W_p, not -alpha_p eta W_p. With zero gradients
+    and no momentum, one SGD step shrinks W_p by lr * alpha_p * wd ("coupled", PyTorch) or by lr * wd
+    ("flow"), at every step of the schedule and with a fixed predictor lr."""
+    wd, lr, ratio = 0.01, 0.2, 10.0
+    for decay, fix in (("coupled", False), ("flow", False), ("flow", True)):
+        cfg = OptimConfig(lr=lr, momentum=0.0, weight_decay=wd, predictor_lr_ratio=ratio, predictor_decay=decay,
+                          fix_predictor_lr=fix)
+        trunk, pred = nn.Parameter(torch.ones(3, 3)), nn.Parameter(torch.ones(3, 3))
+        opt = build_optimizer(cfg, {"trunk": [trunk], "predictor": [pred]}, lr=lr)
+        sched = LRSchedule(cfg, total_steps=10, steps_per_epoch=5, trunk_lr=lr)
+        for step in (0, 4):  # the peak and a step down the cosine (the fixed predictor lr keeps its peak)
+            trunk_lr = sched.apply(opt, step)
+            t0, p0 = float(trunk.detach()[0, 0]), float(pred.detach()[0, 0])
+            trunk.grad, pred.grad = torch.zeros(3, 3), torch.zeros(3, 3)
+            opt.step()
+            assert float(trunk.detach()[0, 0]) == pytest.approx(t0 * (1 - trunk_lr * wd), rel=1e-6)
+            pred_lr = lr * ratio if fix else trunk_lr * ratio
+            per_step = trunk_lr * wd if decay == "flow" else pred_lr * wd
+            assert float(pred.detach()[0, 0]) == pytest.approx(p0 * (1 - per_step), rel=1e-6), (decay, fix, step)
+    with pytest.raises(ConfigError, match="optim.predictor_decay|predictor_decay = 'flow'"):
+        OptimConfig(name="lars", predictor_decay="flow")
 
 
 def test_schedule_warmup_cosine_and_predictor_groups():
@@ -236,6 +411,18 @@ def test_every_shipped_config_loads():
     assert simsiam.projector.layers == 2 and simsiam.projector.out_dim == 2048 and simsiam.optim.weight_decay == 5e-4
     moco = load_train_config(REPO / "configs" / "mocov2-cifar10.toml")
     assert moco.train.bn_splits == 8 and moco.method.queue_size == 4096
+    assert (moco.projector.hidden_dim, moco.projector.out_dim, moco.projector.hidden_bn) == (512, 128, False)
+    assert (moco.method.momentum, moco.method.momentum_schedule, moco.method.temperature) == (0.99, "constant", 0.1)
+    simclr = load_train_config(REPO / "configs" / "simclr-cifar10.toml")
+    assert (simclr.projector.hidden_dim, simclr.projector.out_dim, simclr.method.temperature) == (512, 128, 0.5)
+    byol = load_train_config(REPO / "configs" / "byol-cifar10.toml")  # lightly's recipe, as its comment says
+    assert (byol.projector.hidden_dim, byol.projector.out_dim, byol.predictor.hidden_dim) == (1024, 256, 1024)
+    assert (byol.method.momentum, byol.method.momentum_schedule) == (0.99, "constant")
+    assert "lightly" in (REPO / "configs" / "byol-cifar10.toml").read_text().splitlines()[0]
+    for name in ("directpred", "directcopy"):  # luckmatters: sum_views -2 cos, 128-d linear predictor
+        dp = load_train_config(REPO / "configs" / f"{name}-cifar10.toml")
+        assert dp.method.loss_scale == 4.0 and dp.projector.out_dim == 128 and dp.predictor.kind == "linear"
+        assert dp.method.momentum_schedule == "constant" and dp.method.momentum == 0.996
 
 
 def test_config_toml_round_trip(tmp_path):
@@ -246,6 +433,20 @@ def test_config_toml_round_trip(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(config_to_toml(cfg))
     assert config_to_dict(load_train_config(path)) == config_to_dict(cfg)
+
+
+def test_removed_fuse_views_key(tmp_path):
+    """train.fuse_views was documented but never read: it is gone; false (what older run folders'
+    config.toml hold) still loads, true is refused."""
+    from stopgrad.cmd_train import load_train_config
+
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nbatch_size = 64\nfuse_views = false\n")
+    assert load_train_config(path).train.batch_size == 64
+    assert not hasattr(TrainSpec(), "fuse_views")
+    path.write_text("[train]\nfuse_views = true\n")
+    with pytest.raises(ConfigError, match="train.fuse_views = True: was removed"):
+        load_train_config(path)
 
 
 @pytest.mark.parametrize(

@@ -245,12 +245,19 @@ def test_cosine_momentum_schedule():
     assert math.isclose(cosine_momentum(25, 100, 0.9, 1.0), 1 - 0.1 * (math.cos(math.pi / 4) + 1) / 2)
 
 
-def test_byol_training_step_moves_target_by_ema(make_config, cifar_small):
+@pytest.mark.parametrize("at", ["start", "middle"])
+def test_byol_training_step_moves_target_by_ema(at, make_config, cifar_small):
+    """The update after optimizer step k uses BYOL's cosine momentum at k of the whole run: the base value
+    at step 0 and (base + final) / 2 half-way (total steps = epochs x steps per epoch)."""
     tr = _trainer(make_config, cifar_small, "byol")
+    assert tr.cfg.method.momentum_schedule == "cosine" and tr.method.total_steps == 16
+    if at == "middle":
+        tr.step = 8
     before = [p.detach().clone() for p in tr.method.target.parameters()]
     tr.train_step(tr.epoch_order(0)[:64])
-    m = tr.method.momentum_at(0)
-    assert m == tr.cfg.method.momentum
+    m = tr.method.momentum_at(tr.step - 1)
+    expected = 0.99 if at == "start" else (0.99 + 1.0) / 2
+    assert m == pytest.approx(expected, abs=1e-12)
     for t, b, o in zip(tr.method.target.parameters(), before, tr.method.online.encoder.parameters()):
         torch.testing.assert_close(t.detach(), b * m + (1 - m) * o.detach(), atol=1e-7, rtol=1e-6)
     # and the target is no longer the online network (it lags)

@@ -159,6 +159,61 @@ def test_nonfinite_loss_stops_with_message_and_keeps_last_good_checkpoint(cifar_
     assert (tmp_path / "nan" / "metrics.nc").is_file()
 
 
+# ----------------------------------------------------------------------------------- kNN reporting, EMA attrs
+def test_max_steps_run_reports_the_knn_of_its_final_weights(cifar_small, make_config, tmp_path):
+    """A run stopped by train.max_steps mid-epoch evaluates kNN at its last step (it used to report the
+    epoch-1 value); the step-0 baseline is reported separately and never counts as the best. A cosine EMA
+    schedule is described by its ends, not by a single ema_momentum attribute."""
+    from stopgrad.ssl_models import cosine_momentum
+
+    cfg = make_config("byol", train=TrainSpec(epochs=2, batch_size=64, max_steps=11, progress=False,
+                                              checkpoint_every=0, log_every=4),
+                      eval=EvalConfig(knn_every=1, knn_at_start=True, knn_k=20))
+    tr = Trainer(cfg, tmp_path / "ms", device="cpu", data=cifar_small)
+    res = tr.run()
+    assert res.status == "max_steps" and res.steps == 11
+    assert [s for s, _ in tr.knn_history] == [0, 8, 11]
+    final = knn_monitor(tr.method.backbone, tr.eval_data, cfg.eval, tr.eval_transform, tr.device)
+    assert res.knn_last == final
+    assert res.knn_best == max(a for s, a in tr.knn_history if s > 0)
+    assert res.knn_start == tr.knn_history[0][1]
+    summary = json.loads((tmp_path / "ms" / "summary.json").read_text())
+    assert summary["knn_last"] == final and summary["knn_start"] == res.knn_start
+    ds = open_dataset(tmp_path / "ms" / "metrics.nc")
+    assert list(ds["knn_acc"].dropna("time")["time"].values) == [0.0, 8.0, 11.0]
+    assert math.isnan(ds.attrs["ema_momentum"]) and ds.attrs["ema_momentum_schedule"] == "cosine"
+    assert (ds.attrs["ema_momentum_start"], ds.attrs["ema_momentum_final"]) == (0.99, 1.0)
+    assert float(ds["ema_momentum"].sel(time=8.0)) == pytest.approx(cosine_momentum(8, 16, 0.99, 1.0))
+    # only the baseline: no best, no last (it used to fall back to the baseline)
+    tr.knn_history = [(0, 0.9)]
+    only = tr.result("max_steps")
+    assert only.knn_best is None and only.knn_last is None and only.knn_start == 0.9
+    tr.knn_history = [(0, 0.9), (5, 0.3)]
+    assert tr.result("max_steps").knn_best == 0.3
+
+
+def test_loss_scale_equals_lr_times_scale_and_weight_decay_over_scale(cifar_small, make_config):
+    """method.loss_scale = 4 (DirectPred's sum over views of -2 cos) gives the same SGD trajectory as lr x 4
+    with weight decay / 4 and an unscaled loss; the reported loss is the method's, unscaled."""
+    from stopgrad.ssl_models import MethodConfig, OptimConfig
+
+    base = make_config("byol", method=MethodConfig(name="byol", momentum_schedule="constant"))
+
+    def run(scale, lr, wd):
+        cfg = replace(base, method=replace(base.method, loss_scale=scale), optim=OptimConfig(lr=lr, weight_decay=wd))
+        tr = Trainer(cfg, None, device="cpu", data=cifar_small).setup()
+        losses = [float(tr.train_step(tr.epoch_order(0)[64 * k : 64 * (k + 1)])["loss"].detach()) for k in range(3)]
+        return losses, {k: v for k, v in tr.method.state_dict().items() if isinstance(v, torch.Tensor)}
+
+    la, a = run(4.0, 0.05, 4e-4)
+    lb, b = run(1.0, 0.2, 1e-4)
+    lc, c = run(1.0, 0.05, 4e-4)
+    assert la[0] == lb[0] == lc[0] and -1 <= la[0] <= 1
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert max(float((a[k] - c[k]).abs().max()) for k in a if a[k].is_floating_point()) > 1e-3
+
+
 # ------------------------------------------------------------------------------------------------ resume
 def _cli(args, env, **kw):
     return subprocess.Popen([sys.executable, "-m", "stopgrad.cli", *args], env=env, cwd=REPO,
@@ -238,6 +293,165 @@ def test_two_process_ddp_matches_one_process(tmp_path, data_root):
     assert moved > 1e-3  # the runs trained: agreement is not just the shared initialisation
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2
+
+
+# ------------------------------------------------------------- two gloo processes: MoCo, SimCLR, shuffle, NaN
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def _ddp_config(name: str, bn_splits: int, **method) -> "TrainConfig":
+    from stopgrad.ssl_models import (DataConfig, EncoderConfig, MethodConfig, OptimConfig, ProjectorConfig,
+                                     TrainConfig)
+
+    pred = PredictorConfig(kind="none") if name in ("mocov2", "simclr") else PredictorConfig(hidden_dim=16)
+    proj = ProjectorConfig(hidden_dim=64, out_dim=32, last_bn=False, last_bias=True)
+    return TrainConfig(method=MethodConfig(name=name, **method), encoder=EncoderConfig(arch="convnet", width=8),
+                       projector=proj, predictor=pred, data=DataConfig(name="synthetic"),
+                       optim=OptimConfig(lr=0.2, weight_decay=5e-4),
+                       train=TrainSpec(epochs=2, batch_size=32, max_steps=6, bn_splits=bn_splits, progress=False,
+                                       checkpoint_every=0, log_every=2),
+                       probe=ProbeConfig(every=2), eval=EvalConfig(knn_every=0, knn_k=20))
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for sk in socks:
+        sk.bind(("127.0.0.1", 0))
+    ports = [sk.getsockname()[1] for sk in socks]
+    for sk in socks:
+        sk.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def two_process(tmp_path_factory):
+    """Runs ddp_worker.py in two gloo processes (all scenarios in one launch) and, meanwhile, the one-process
+    references: MoCo v2 with bn_splits = 2 per process against 4 groups in one process, SimCLR with
+    per-process BN against 2 groups (the interleaved shards make them the same BatchNorm groups)."""
+    from stopgrad.ssl_models import config_to_toml, synthetic_data
+
+    out = tmp_path_factory.mktemp("two_process")
+    configs = {
+        "moco": (_ddp_config("mocov2", 2, queue_size=128), 4),
+        "simclr": (_ddp_config("simclr", 1, temperature=0.5), 2),
+        "shuffle": (_ddp_config("mocov2", 1, queue_size=16), 2),
+        "nan": (replace(_ddp_config("simsiam", 1), train=TrainSpec(epochs=1, batch_size=32, progress=False,
+                                                                  checkpoint_every=0, log_every=4)), 2),
+    }
+    for name, (cfg, _) in configs.items():
+        (out / f"{name}.toml").write_text(config_to_toml(cfg))
+    ports = ",".join(str(p) for p in _free_ports(4))
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", PORTS=ports)
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = synthetic_data(256, 10, 32)  # what the worker trains on
+        refs = {}
+        for name in ("moco", "simclr"):
+            cfg, splits = configs[name]
+            one = replace(cfg, train=replace(cfg.train, bn_splits=splits))
+            tr = Trainer(one, None, device="cpu", data=data)
+            tr.run()
+            refs[name] = (tr.method.state_dict(), tr.world)
+        cfg, splits = configs["shuffle"]
+        torch.manual_seed(0)
+        from stopgrad.ssl_models import MoCoV2, convert_split_batchnorm
+
+        m = convert_split_batchnorm(MoCoV2(cfg), splits)
+        m.generator = torch.Generator().manual_seed(100)  # rank 0's generator
+        refs["shuffle"] = m.keys(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    finally:
+        torch.set_num_threads(old)
+    logs = []
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        logs.append((proc.returncode, err.decode()[-3000:]))
+    return out, refs, logs
+
+
+def _scenario_ok(out: Path, name: str, logs) -> None:
+    errors = sorted(out.glob(f"{name}.error.*"))
+    assert not errors, "\n".join(e.read_text()[-2500:] for e in errors)
+    assert all(code == 0 for code, _ in logs), logs
+
+
+def _compare_states(ddp: dict, one: dict) -> None:
+    keys = [k for k, v in ddp.items() if isinstance(v, torch.Tensor) and "running" not in k and "num_batches" not in k]
+    assert keys and set(keys) <= set(one)
+    for k in keys:
+        torch.testing.assert_close(ddp[k], one[k], atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_two_process_mocov2_with_split_bn_matches_one_process(two_process):
+    """MoCo v2 (momentum key encoder, queue, global shuffle-BN) with bn_splits = 2 in each of 2 processes
+    runs its 6 steps (a trainable copy of the frozen key encoder's BN parameters made DDP fail on step 2)
+    and ends with the weights, key encoder and queue of one process with 4 BN groups."""
+    out, refs, logs = two_process
+    _scenario_ok(out, "moco", logs)
+    ddp = torch.load(out / "moco.pt", weights_only=True)
+    one, world = refs["moco"]
+    assert world == 1 and any(k.startswith("target.") for k in ddp) and "queue" in ddp
+    _compare_states(ddp, one)
+    assert int(ddp["queue_ptr"]) == 6 * 2 * 32 % 128
+
+
+def test_two_process_simclr_gradient_flows_through_the_gathered_negatives(two_process):
+    """SimCLR's NT-Xent takes its negatives from both processes (all_gather with gradient): after 6 steps
+    the 2-process weights equal a one-process run over the whole batch (same BN groups). T = 0.5: at
+    T = 0.1 this tiny net at this lr is chaotic (a 1e-7 relative perturbation of the initial weights moves
+    them by ~0.1 within 4 steps), so the two runs' rounding differences would grow past any tolerance."""
+    out, refs, logs = two_process
+    _scenario_ok(out, "simclr", logs)
+    ddp = torch.load(out / "simclr.pt", weights_only=True)
+    init = Trainer(_ddp_config("simclr", 2, temperature=0.5), None, device="cpu",
+                   data=_fake_data()).setup().method.state_dict()
+    one, _ = refs["simclr"]
+    _compare_states(ddp, one)
+    moved = max(float((one[k] - init[k]).abs().max()) for k in one
+                if isinstance(one[k], torch.Tensor) and "running" not in k and "num_batches" not in k)
+    assert moved > 1e-3
+
+
+def test_two_process_moco_shuffle_is_one_global_permutation(two_process):
+    """The key encoder sees a permutation of the *global* batch: each process's keys, computed on its shard
+    of the shuffled batch and un-shuffled, are the one-process keys of the same images with 2 BN groups and
+    the same permutation; they differ from the per-process unshuffled keys (a within-process shuffle left
+    them unchanged), and in eval mode they line up exactly with their own images."""
+    out, refs, logs = two_process
+    _scenario_ok(out, "shuffle", logs)
+    ranks = [torch.load(out / f"shuffle.{r}.pt", weights_only=True) for r in range(2)]
+    for r, res in enumerate(ranks):
+        torch.testing.assert_close(res["shuffled"], refs["shuffle"][r::2], atol=1e-5, rtol=1e-4)
+        assert float((res["shuffled"] - res["unshuffled"]).abs().max()) > 1e-2
+        torch.testing.assert_close(res["eval_shuffled"], res["eval_unshuffled"], atol=1e-6, rtol=1e-5)
+
+
+def test_two_process_nonfinite_loss_on_one_process_stops_both(two_process):
+    """Only rank 0's loss becomes NaN (at step 2): both processes stop promptly at that step with the
+    TrainingError (none is left waiting in the gradient all-reduce), and the process group is destroyed."""
+    out, _, logs = two_process
+    records = []
+    for r in range(2):
+        path = out / f"nan.{r}.json"
+        assert path.is_file(), logs[r]
+        records.append(json.loads(path.read_text()))
+    assert [rec["training_error"] for rec in records] == [True, True], records  # not a gloo error or a hang
+    for rec in records:
+        assert "the loss became nan on process 0 of 2 at step 2" in rec["error"], rec
+        assert rec["step"] == 2 and rec["seconds"] < 60 and rec["group_destroyed"], rec
+    assert (out / "nan" / "metrics.nc").is_file()
+    assert all(code == 0 for code, _ in logs), logs
 
 
 def _load(path):
@@ -327,11 +541,19 @@ def test_evaluate_run_of_a_split_bn_mocov2_run(cifar_small, make_config, tmp_pat
     """A run trained with SplitBatchNorm (MoCo's 8 groups) evaluates with plain BatchNorm (same state names)."""
     from stopgrad.ssl_models import evaluate_run
 
+    from stopgrad.ssl_models import save_checkpoint
+
     cfg = make_config("mocov2", train=TrainSpec(epochs=1, batch_size=64, bn_splits=8, progress=False))
     res = Trainer(cfg, tmp_path / "moco", device="cpu", data=cifar_small).run()
     ev = evaluate_run(cfg, tmp_path / "moco", device="cpu", data=cifar_small, linear=False)
     assert ev["knn_acc"] == pytest.approx(res.knn_last, abs=1e-12)
     assert (tmp_path / "moco" / "eval.json").is_file()
+    # the monitor's best excludes the step-0 baseline here too (reported as knn_monitor_start)
+    state = load_checkpoint(tmp_path / "moco" / "checkpoint.pt")
+    state["knn"] = [[0, 0.99], [8, 0.25], [16, 0.2]]
+    save_checkpoint(state, tmp_path / "moco" / "checkpoint.pt")
+    ev = evaluate_run(cfg, tmp_path / "moco", device="cpu", data=cifar_small, linear=False)
+    assert (ev["knn_monitor_best"], ev["knn_monitor_last"], ev["knn_monitor_start"]) == (0.25, 0.2, 0.99)
 
 
 @pytest.mark.parametrize("name", ["directpred", "byol-gsg", "mocov2"])
