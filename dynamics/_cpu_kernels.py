@@ -353,7 +353,9 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
     args = (np.asarray(cfg, dtype=np.int64), np.asarray(t_save, dtype=np.float64), tab["A"], tab["B"], tab["C"], E, E3,
             E5, tab["s"], tab["dop853"], tab["exponent"], tab["order"], float(rtol), float(atol), int(max_steps),
             float(blowup))
-    if system == "modes" and R >= 4 * LANES:
+    if one_mode_applies(system, cfg, tab, R):
+        _solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out, stats, tfail)
+    elif system == "modes" and R >= 4 * LANES:
         # many tiny systems: SIMD lanes; a few tasks per thread balance the load
         n_tasks = max(1, min(R // LANES, 8 * nb.get_num_threads()))
         _mode_lanes_batch(Y0, PRM, *args, out, stats, tfail, n_tasks)
@@ -432,6 +434,19 @@ def _lane_rms(a, scale, l):
         v = a[c, l] / scale[c, l]
         acc += v * v
     return math.sqrt(acc / a.shape[0])
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _finish_run(out, stats, tfail, r, pos, status, nfev, nst, nrej, t):
+    """Record run r's end: NaN after the last save reached, its counters, and t_fail if it failed."""
+    for q in range(pos, out.shape[1]):
+        for c in range(out.shape[2]):
+            out[r, q, c] = math.nan
+    stats[r, 0] = status
+    stats[r, 1] = np.int64(nfev)
+    stats[r, 2] = np.int64(nst)
+    stats[r, 3] = np.int64(nrej)
+    tfail[r] = t if status != 0 else math.nan
 
 
 @nb.njit(cache=True, fastmath=_FM, error_model="numpy")
@@ -619,14 +634,7 @@ def _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
             if status == 0 and nst[l] + nrej[l] >= max_steps and pos[l] < S:
                 status = 3
             if status != 0 or pos[l] >= S:
-                for q in range(pos[l], S):
-                    for c in range(n):
-                        out[r, q, c] = math.nan
-                stats[r, 0] = status
-                stats[r, 1] = nfev[l]
-                stats[r, 2] = nst[l]
-                stats[r, 3] = nrej[l]
-                tfail[r] = t[l] if status != 0 else math.nan
+                _finish_run(out, stats, tfail, r, pos[l], status, nfev[l], nst[l], nrej[l], t[l])
                 run[l] = -1
                 free += 1
                 for c in range(n):  # park the lane on harmless values
@@ -641,3 +649,248 @@ def _mode_lanes_batch(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
     for task in nb.prange(n_tasks):  # strided shares, as in _solve_batch
         _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
                           rtol, atol, max_steps, blowup, out, stats, tfail, np.int64(task), np.int64(n_tasks))
+
+
+# --- one mode per run, Dormand-Prince 5(4): the phase-diagram fast path ------------------------------
+# A per-mode grid (one (p, w, w_a) system per run) is the common case of the lane kernel above. Here a
+# whole step of a lane is straight-line code on scalars, so LLVM vectorises the lane loop with every
+# stage in registers. That needs (measured with numba 0.63 / LLVM 22): a compile-time lane count with
+# compile-time row offsets into one buffer (runtime offsets need more alias checks than LLVM allows),
+# a sum rather than a max reduction, and no libm call in the loop (hence _step_factor). Same steps as
+# the other kernels: tableau, error norm, step control, save-time clipping and failure codes.
+
+ONE_LANES = 16
+# rows of the lane buffer: quantity q of lane l lives at buf[q * ONE_LANES + l]
+(_P, _W, _A, _K1P, _K1W, _K1A, _AP, _ETA, _ETAP, _BETA, _LS, _LD, _T, _H, _TN, _LIM, _ACT, _NFEV, _NST, _NREJ,
+ _EV, _ERR, _NROWS) = range(23)
+
+
+@nb.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _step_factor(err):
+    """0.9 err^(-1/5) (the Dormand-Prince controller) without a libm call, to a few ulp of pow.
+
+    err is clamped to [1e-6, 1e4]; outside it the factor is clipped to [0.2, 10] anyway."""
+    x = min(max(err, 1e-6), 1e4)
+    m = 0.9
+    # (x 2^(5j))^(-1/5) = x^(-1/5) 2^(-j): bring x into [1, 32) by powers of 32, then into [1, 2)
+    for below, mul, f in ((2.0**-10, 2.0**10, 4.0), (2.0**-10, 2.0**10, 4.0), (1.0, 32.0, 2.0), (1.0, 32.0, 2.0)):
+        c = x < below
+        x = x * mul if c else x
+        m = m * f if c else m
+    for above, f in ((2.0**10, 0.25), (32.0, 0.5), (16.0, 16.0**-0.2), (4.0, 4.0**-0.2), (2.0, 2.0**-0.2)):
+        c = x >= above
+        x = x * (1.0 / above) if c else x
+        m = m * f if c else m
+    z = 1.0 - 0.12 * (x - 1.0)  # Newton for z = x^(-1/5) on [1, 2): 1e-2 -> 1e-4 -> 1e-8 -> 1e-16
+    for _ in range(4):
+        z2 = z * z
+        z = z * (1.2 - 0.2 * x * z2 * z2 * z)
+    return m * z
+
+
+@nb.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _one_rhs(p, w, a, ap, eta, etap, beta, ls, ld, has_p, stop_grad, simsiam):
+    """mode_rhs for one mode on scalars: (dp, dw, dw_a); unused slots (no p, SimSiam's w_a) get 0."""
+    pp = p if has_p else 1.0
+    aa = w if simsiam else a
+    g = aa * ld - pp * w * ls
+    dp = ap * w * g - etap * pp if has_p else 0.0
+    if stop_grad:
+        dw = pp * g - eta * w
+    else:
+        dw = -(pp * pp + 1.0) * w * (ls - ld) - (pp - 1.0) * (pp - 1.0) * w * ld - eta * w
+    da = 0.0 if simsiam else beta * (w - a)
+    return dp, dw, da
+
+
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _one_lane_steps(buf, c, has_p, stop_grad, simsiam, n, rtol, atol, max_steps):
+    """One Dormand-Prince step in each lane (idle lanes take h = 0); returns the number of lanes with
+    an event (a landing on a save time, a failure or the step limit) for the scalar bookkeeping."""
+    a21, a31, a32, a41, a42, a43 = c[0], c[1], c[2], c[3], c[4], c[5]
+    a51, a52, a53, a54, a61, a62, a63, a64, a65 = c[6], c[7], c[8], c[9], c[10], c[11], c[12], c[13], c[14]
+    b1, b3, b4, b5, b6 = c[15], c[16], c[17], c[18], c[19]
+    e1, e3, e4, e5, e6, e7 = c[20], c[21], c[22], c[23], c[24], c[25]
+    wa_mask = 0.0 if simsiam else 1.0
+    L = ONE_LANES
+    events = 0.0
+    for l in range(L):
+        p, w, a = buf[_P * L + l], buf[_W * L + l], buf[_A * L + l]
+        k1p, k1w, k1a = buf[_K1P * L + l], buf[_K1W * L + l], buf[_K1A * L + l]
+        ap, eta, etap, beta = buf[_AP * L + l], buf[_ETA * L + l], buf[_ETAP * L + l], buf[_BETA * L + l]
+        ls, ld = buf[_LS * L + l], buf[_LD * L + l]
+        t, h, tn, act = buf[_T * L + l], buf[_H * L + l], buf[_TN * L + l], buf[_ACT * L + l]
+        gap = tn - t
+        land = h >= gap * (1.0 - 1e-12)
+        he = (gap if land else h) * act
+        k2p, k2w, k2a = _one_rhs(p + he * (a21 * k1p), w + he * (a21 * k1w), a + he * (a21 * k1a),
+                                 ap, eta, etap, beta, ls, ld, has_p, stop_grad, simsiam)
+        k3p, k3w, k3a = _one_rhs(p + he * (a31 * k1p + a32 * k2p), w + he * (a31 * k1w + a32 * k2w),
+                                 a + he * (a31 * k1a + a32 * k2a), ap, eta, etap, beta, ls, ld, has_p, stop_grad,
+                                 simsiam)
+        k4p, k4w, k4a = _one_rhs(p + he * (a41 * k1p + a42 * k2p + a43 * k3p),
+                                 w + he * (a41 * k1w + a42 * k2w + a43 * k3w),
+                                 a + he * (a41 * k1a + a42 * k2a + a43 * k3a),
+                                 ap, eta, etap, beta, ls, ld, has_p, stop_grad, simsiam)
+        k5p, k5w, k5a = _one_rhs(p + he * (a51 * k1p + a52 * k2p + a53 * k3p + a54 * k4p),
+                                 w + he * (a51 * k1w + a52 * k2w + a53 * k3w + a54 * k4w),
+                                 a + he * (a51 * k1a + a52 * k2a + a53 * k3a + a54 * k4a),
+                                 ap, eta, etap, beta, ls, ld, has_p, stop_grad, simsiam)
+        k6p, k6w, k6a = _one_rhs(p + he * (a61 * k1p + a62 * k2p + a63 * k3p + a64 * k4p + a65 * k5p),
+                                 w + he * (a61 * k1w + a62 * k2w + a63 * k3w + a64 * k4w + a65 * k5w),
+                                 a + he * (a61 * k1a + a62 * k2a + a63 * k3a + a64 * k4a + a65 * k5a),
+                                 ap, eta, etap, beta, ls, ld, has_p, stop_grad, simsiam)
+        pn = p + he * (b1 * k1p + b3 * k3p + b4 * k4p + b5 * k5p + b6 * k6p)
+        wn = w + he * (b1 * k1w + b3 * k3w + b4 * k4w + b5 * k5w + b6 * k6w)
+        an = a + he * (b1 * k1a + b3 * k3a + b4 * k4a + b5 * k5a + b6 * k6a)
+        k7p, k7w, k7a = _one_rhs(pn, wn, an, ap, eta, etap, beta, ls, ld, has_p, stop_grad, simsiam)
+        ep = he * (e1 * k1p + e3 * k3p + e4 * k4p + e5 * k5p + e6 * k6p + e7 * k7p) / (atol + rtol * max(abs(p), abs(pn)))
+        ew = he * (e1 * k1w + e3 * k3w + e4 * k4w + e5 * k5w + e6 * k6w + e7 * k7w) / (atol + rtol * max(abs(w), abs(wn)))
+        ea = he * (e1 * k1a + e3 * k3a + e4 * k4a + e5 * k5a + e6 * k6a + e7 * k7a) / (atol + rtol * max(abs(a), abs(an)))
+        err = math.sqrt((ep * ep + ew * ew + wa_mask * ea * ea) / n)
+        finite = err <= math.inf  # a NaN or inf in y_new reaches err through k7
+        err = err if finite else math.inf
+        fac = _step_factor(err)
+        acc = err <= 1.0
+        h_acc = he * (10.0 if err == 0.0 else min(10.0, fac))
+        h_acc = max(h_acc, h) if land else h_acc
+        h_rej = he * (max(0.2, fac) if finite else 0.2)
+        buf[_H * L + l] = h_acc if acc else h_rej
+        buf[_T * L + l] = (tn if land else t + he) if acc else t
+        buf[_P * L + l] = pn if acc else p
+        buf[_W * L + l] = wn if acc else w
+        buf[_A * L + l] = an if acc else a
+        buf[_K1P * L + l] = k7p if acc else k1p
+        buf[_K1W * L + l] = k7w if acc else k1w
+        buf[_K1A * L + l] = k7a if acc else k1a
+        nst = buf[_NST * L + l] + (act if acc else 0.0)
+        nrej = buf[_NREJ * L + l] + (0.0 if acc else act)
+        buf[_NST * L + l] = nst
+        buf[_NREJ * L + l] = nrej
+        buf[_NFEV * L + l] += 6.0 * act
+        buf[_ERR * L + l] = err
+        big = max(abs(pn), max(abs(wn), abs(an)))
+        landed = acc and (land or big > buf[_LIM * L + l])
+        stuck = not acc and h_rej < 1e-14 * max(1.0, abs(t))
+        ev = act if (landed or stuck or nst + nrej >= max_steps) else 0.0
+        buf[_EV * L + l] = ev
+        events += ev
+    return events
+
+
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, rtol, atol, max_steps, blowup, out,
+                    stats, tfail, first, stride):
+    """Runs first, first + stride, ... of a one-mode system, ONE_LANES at a time. slots[q] is the lane
+    row (_P, _W or _A) of state column q."""
+    n = Y0.shape[1]
+    S = t_save.size
+    L = ONE_LANES
+    buf = np.zeros(_NROWS * L)
+    for l in range(L):  # idle lanes compute on harmless values
+        buf[_P * L + l] = 1.0
+        buf[_LS * L + l] = 1.0
+        buf[_LD * L + l] = 1.0
+    run = np.full(L, -1, dtype=np.int64)
+    pos = np.zeros(L, dtype=np.int64)
+    mask = np.array([1.0 if has_p else 0.0, 1.0, 0.0 if simsiam else 1.0])
+    y = np.zeros(3)
+    nf = float(n)
+    nxt = first
+    active = 0
+    while True:
+        for l in range(L):  # refill idle lanes; a new run starts with Hairer's initial step
+            if run[l] >= 0 or nxt >= Y0.shape[0]:
+                continue
+            r = nxt
+            nxt += stride
+            run[l] = r
+            y[0], y[1], y[2] = 1.0, 0.0, 0.0
+            big = 1.0
+            for q in range(n):
+                y[slots[q]] = Y0[r, q]
+                out[r, 0, q] = Y0[r, q]
+                big = max(big, abs(Y0[r, q]))
+            ap, eta, etap, beta, ls, ld = PRM[r, 0], PRM[r, 1], PRM[r, 2], PRM[r, 3], PRM[r, 7], PRM[r, 8]
+            f0 = _one_rhs(y[0], y[1], y[2], ap, eta, etap, beta, ls, ld, has_p, stop_grad, simsiam)
+            d0 = 0.0
+            d1 = 0.0
+            for q in range(3):
+                sc = atol + abs(y[q]) * rtol
+                d0 += mask[q] * (y[q] / sc) ** 2
+                d1 += mask[q] * (f0[q] / sc) ** 2
+            d0 = math.sqrt(d0 / nf)
+            d1 = math.sqrt(d1 / nf)
+            h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+            f1 = _one_rhs(y[0] + h0 * f0[0], y[1] + h0 * f0[1], y[2] + h0 * f0[2], ap, eta, etap, beta, ls, ld,
+                          has_p, stop_grad, simsiam)
+            d2 = 0.0
+            for q in range(3):
+                d2 += mask[q] * ((f1[q] - f0[q]) / (atol + abs(y[q]) * rtol)) ** 2
+            d2 = math.sqrt(d2 / nf) / h0
+            dmax = max(d1, d2)
+            h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / 6.0)  # 1 / (order + 1)
+            row = (y[0], y[1], y[2], f0[0], f0[1], f0[2], ap, eta, etap, beta, ls, ld, t_save[0], min(100.0 * h0, h1),
+                   t_save[1], blowup * big, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0)
+            for q in range(_NROWS):
+                buf[q * L + l] = row[q]
+            pos[l] = 1
+            active += 1
+        if active == 0:
+            break
+        while _one_lane_steps(buf, c, has_p, stop_grad, simsiam, nf, rtol, atol, max_steps) == 0.0:
+            pass
+        for l in range(L):
+            if buf[_EV * L + l] == 0.0:
+                continue
+            buf[_EV * L + l] = 0.0
+            r = run[l]
+            t = buf[_T * L + l]
+            status = 0
+            if buf[_ERR * L + l] <= 1.0:
+                big = max(abs(buf[_P * L + l]), max(abs(buf[_W * L + l]), abs(buf[_A * L + l])))
+                if big > buf[_LIM * L + l]:
+                    status = 1
+                elif t == t_save[pos[l]]:  # landed on a save time
+                    for q in range(n):
+                        out[r, pos[l], q] = buf[slots[q] * L + l]
+                    pos[l] += 1
+                    if pos[l] < S:
+                        buf[_TN * L + l] = t_save[pos[l]]
+            elif buf[_H * L + l] < 1e-14 * max(1.0, abs(t)):
+                status = 2
+            nst, nrej = buf[_NST * L + l], buf[_NREJ * L + l]
+            if status == 0 and nst + nrej >= max_steps and pos[l] < S:
+                status = 3
+            if status != 0 or pos[l] >= S:
+                _finish_run(out, stats, tfail, r, pos[l], status, buf[_NFEV * L + l], nst, nrej, t)
+                run[l] = -1
+                active -= 1
+                buf[_ACT * L + l] = 0.0
+
+
+@nb.njit(cache=True, parallel=True, error_model="numpy")
+def _one_mode_batch(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, rtol, atol, max_steps, blowup, out, stats,
+                    tfail, n_tasks):
+    for task in nb.prange(n_tasks):  # strided shares, as in _solve_batch
+        _one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, rtol, atol, max_steps, blowup, out,
+                        stats, tfail, np.int64(task), np.int64(n_tasks))
+
+
+def one_mode_applies(system: str, cfg, tableau, n_runs: int) -> bool:
+    """Whether solve_batch takes the one-mode Dormand-Prince path."""
+    return (system == "modes" and int(cfg[0]) == 1 and int(cfg[1]) <= 2 and not tableau["dop853"]
+            and tableau["s"] == 6 and n_runs >= 4 * ONE_LANES)
+
+
+def _solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out, stats, tfail):
+    has_p, stop_grad, simsiam = int(cfg[1]) <= 1, bool(cfg[2]), bool(cfg[3])
+    slots = np.array(([_P] if has_p else []) + [_W] + ([] if simsiam else [_A]), dtype=np.int64)
+    A, B, E = tab["A"], tab["B"], tab["E"]
+    c = np.array([A[1, 0], A[2, 0], A[2, 1], A[3, 0], A[3, 1], A[3, 2], A[4, 0], A[4, 1], A[4, 2], A[4, 3],
+                  A[5, 0], A[5, 1], A[5, 2], A[5, 3], A[5, 4], B[0], B[2], B[3], B[4], B[5],
+                  E[0], E[2], E[3], E[4], E[5], E[6]], dtype=np.float64)
+    assert B[1] == 0.0 and E[1] == 0.0  # the Dormand-Prince structure the step code relies on
+    n_tasks = max(1, min(len(Y0) // ONE_LANES, 8 * nb.get_num_threads()))
+    _one_mode_batch(Y0, PRM, slots, has_p, stop_grad, simsiam, np.asarray(t_save, dtype=np.float64), c, float(rtol),
+                    float(atol), float(max_steps), float(blowup), out, stats, tfail, n_tasks)

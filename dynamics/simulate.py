@@ -168,11 +168,12 @@ def _run_table(sim: Simulation) -> dict[str, np.ndarray]:
         "batch": sim.sampled.batch if sim.sampled is not None else 256,
     }
     keys = list(sim.grid)
-    combos = list(itertools.product(*(sim.grid[k] for k in keys))) if keys else [()]
-    R = len(combos)
+    axes = [np.asarray(sim.grid[k], dtype=float) for k in keys]
+    R = int(np.prod([len(a) for a in axes])) if keys else 1
     table = {k: np.full(R, float(v)) for k, v in base.items()}
-    for i, key in enumerate(keys):
-        table[key] = np.array([c[i] for c in combos], dtype=float)
+    # the Cartesian product in itertools.product order (last key fastest), without a Python loop
+    for key, col in zip(keys, np.meshgrid(*axes, indexing="ij") if keys else []):
+        table[key] = col.reshape(-1)
     if "eta" in sim.grid and "eta_p" not in sim.grid and m.eta_p is None:
         table["eta_p"] = table["eta"].copy()  # eta_p defaults to eta, run by run
     table["seed"] = table["seed"].astype(np.int64)
@@ -231,14 +232,22 @@ def _integrate_numba(flow, numba_sys, sim: Simulation, t_save: np.ndarray, progr
             out, st, tf = _cpu_kernels.solve_batch(name, Y0[lo:hi], prm[lo:hi], cfg, t_save, tab, solver.rtol,
                                                    solver.atol, solver.max_steps, solver.blowup, work)
             stats[lo:hi], t_fail[lo:hi] = st, tf
-            ys = torch.from_numpy(out.reshape(-1, n))
-            sub = {k: v[lo:hi].repeat_interleave(S, dim=0) for k, v in flow.params.items()}
-            obs = flow.observe(t_t.repeat(hi - lo), ys, sub)
-            for key, val in obs.items():
-                val = val.reshape(hi - lo, S, *val.shape[1:])
-                if key not in values:
-                    values[key] = torch.empty((R,) + tuple(val.shape[1:]), dtype=val.dtype)
-                values[key][lo:hi] = val
+            if S <= hi - lo:  # observe one save time at a time: no per-row copies of the parameters
+                sub = {k: v[lo:hi] for k, v in flow.params.items()}
+                for i in range(S):
+                    obs = flow.observe(t_t[i].expand(hi - lo), torch.from_numpy(out[:, i]), sub)
+                    for key, val in obs.items():
+                        if key not in values:
+                            values[key] = torch.empty((R, S) + tuple(val.shape[1:]), dtype=val.dtype)
+                        values[key][lo:hi, i] = val
+            else:
+                sub = {k: v[lo:hi].repeat_interleave(S, dim=0) for k, v in flow.params.items()}
+                obs = flow.observe(t_t.repeat(hi - lo), torch.from_numpy(out.reshape(-1, n)), sub)
+                for key, val in obs.items():
+                    val = val.reshape(hi - lo, S, *val.shape[1:])
+                    if key not in values:
+                        values[key] = torch.empty((R,) + tuple(val.shape[1:]), dtype=val.dtype)
+                    values[key][lo:hi] = val
             bar.update(hi - lo)
     return IntegrationResult(
         t=t_save, values=values, status=stats[:, 0].astype(np.int8), t_fail=t_fail, nfev=stats[:, 1],
@@ -255,11 +264,12 @@ def collapse_verdicts(s: np.ndarray, status: np.ndarray, tol: float) -> tuple[np
     alive = s[:, -1, :] > tol * ref[:, None]
     n_alive = alive.sum(-1)
     k = s.shape[-1]
-    verdict = np.where(n_alive == 0, "collapsed", np.where(n_alive == k, "non-collapsed", "partial")).astype(object)
-    for r in np.flatnonzero(status):
-        verdict[r] = STATUS[int(status[r])]
-        n_alive[r] = -1
-    return verdict.astype(str), n_alive
+    names = np.array(["collapsed", "partial", "non-collapsed"] + [STATUS[c] for c in sorted(STATUS) if c])
+    code = np.where(n_alive == 0, 0, np.where(n_alive == k, 2, 1))
+    failed = status != 0
+    code[failed] = 2 + status[failed]
+    n_alive[failed] = -1
+    return names[code], n_alive
 
 
 def _build_flow(sim: Simulation, table: dict, device):
@@ -328,7 +338,7 @@ def _to_dataset(sim: Simulation, table: dict, res: IntegrationResult, backend: s
                                                       "asymmetry", "loss", "weight_norm")}
     verdict, n_alive = collapse_verdicts(vals["s"], res.status, sim.collapse_tol)
     extra_vars = {
-        "status": (("run",), np.array([STATUS[int(c)] for c in res.status])),
+        "status": (("run",), np.array([STATUS[c] for c in sorted(STATUS)])[res.status]),
         "t_fail": (("run",), res.t_fail),
         "verdict": (("run",), verdict),
         "n_alive": (("run",), n_alive.astype(np.int64)),

@@ -160,3 +160,81 @@ def dataclasses_replace(obj, **kw):
     import dataclasses
 
     return dataclasses.replace(obj, **kw)
+
+
+@pytest.mark.parametrize("predictor,method,stop_grad", [
+    ("learned", "byol", True), ("symmetric", "simsiam", True), ("identity", "byol", True),
+    ("learned", "simsiam", False), ("identity", "simsiam", True),
+])
+def test_one_mode_dopri5_kernel_takes_the_torch_solvers_steps(predictor, method, stop_grad):
+    """A one-mode grid with dopri5 goes through the register-resident lane kernel (its own step-factor
+    code instead of pow); it must take exactly the steps of the torch solver and land on its values."""
+    from stopgrad.dynamics import ModeInit, Simulation, simulate
+    from stopgrad.dynamics.model import InitSpec, LinearModel
+
+    model = LinearModel(n1=1, n2=1, method=method, beta=0.3 if method == "byol" else None, eta=0.03,
+                        alpha_p=1.5, stop_grad=stop_grad, predictor=predictor, init=InitSpec(wa="zero"))
+    grid = {"p0": np.linspace(-0.4, 1.0, 12).tolist(), "eta": [0.0, 0.01, 0.05, 0.1, 0.16, 0.2]}
+    sim = Simulation(model=model, engine="modes", t_end=60.0, n_save=7, grid=grid, modes=ModeInit(s0=0.2),
+                     solver=Solver(method="dopri5", rtol=1e-8, atol=1e-10))
+    name, _, cfg, _ = ("modes", None, [1, {"learned": 0, "symmetric": 1, "identity": 2}[predictor]], None)
+    assert _cpu_kernels.one_mode_applies(name, cfg, tableau_arrays("dopri5"), 72)
+    fast = simulate(sim)
+    ref = simulate(dataclasses_replace(sim, backend="torch"))
+    assert np.array_equal(fast.nfev.values, ref.nfev.values)
+    assert list(fast.verdict.values) == list(ref.verdict.values)
+    assert np.allclose(fast.s.values, ref.s.values, rtol=1e-8, atol=1e-12)
+    assert np.allclose(fast.p.values, ref.p.values, rtol=1e-8, atol=1e-12)
+
+
+def test_one_mode_kernel_reports_failures_like_the_torch_solver():
+    """Blow-up and the step limit, with the time each happened, agree between the one-mode kernel and
+    torch. With eta = 0 and alpha_p = 0.5, s grows from 1 to c + p*^2 / alpha_p = 1.89 (Sec. 3.3), so w
+    passes 1.2 = blowup * max|y0|; eta = 0.3 > eta_c collapses instead."""
+    from stopgrad.dynamics import ModeInit, Simulation, simulate
+    from stopgrad.dynamics.model import LinearModel
+
+    model = LinearModel(n1=1, n2=1, method="simsiam", alpha_p=0.5)
+    grid = {"p0": [0.0] * 40, "eta": [0.0, 0.3]}
+    sim = Simulation(model=model, engine="modes", t_end=80.0, n_save=5, grid=grid, modes=ModeInit(s0=1.0),
+                     solver=Solver(method="dopri5", rtol=1e-8, atol=1e-10, blowup=1.2))
+    with pytest.warns(RuntimeWarning, match="blow-up"):
+        fast = simulate(sim)
+    with pytest.warns(RuntimeWarning, match="blow-up"):
+        ref = simulate(dataclasses_replace(sim, backend="torch"))
+    assert list(fast.status.values) == list(ref.status.values)
+    assert set(fast.status.values) == {"blow-up", "ok"}
+    assert np.allclose(fast.t_fail.values, ref.t_fail.values, equal_nan=True)
+    assert np.array_equal(np.isnan(fast.s.values), np.isnan(ref.s.values))
+
+    limited = dataclasses_replace(sim, grid={"p0": [0.5] * 64, "eta": [0.01]},
+                                  solver=Solver(method="dopri5", rtol=1e-9, atol=1e-11, max_steps=30))
+    with pytest.warns(RuntimeWarning, match="max steps"):
+        fast = simulate(limited)
+    with pytest.warns(RuntimeWarning, match="max steps"):
+        ref = simulate(dataclasses_replace(limited, backend="torch"))
+    assert set(fast.status.values) == {"max steps"}
+    assert np.array_equal(fast.nfev.values, ref.nfev.values)
+    # the same 30 steps; round-off in the error estimate (a difference of stages) moves each step size by
+    # ~1e-10 relative, so the times agree to ~1e-9, not bitwise (the per-run kernel differs by 2e-8)
+    assert np.allclose(fast.t_fail.values, ref.t_fail.values, rtol=1e-7)
+
+
+def test_step_factor_matches_pow_to_a_few_ulp():
+    """The one-mode kernel's branch-free 0.9 err^(-1/5) against numpy's pow over the range where the
+    controller is not clipped, and the clipping outside it."""
+    import numba
+
+    @numba.njit
+    def many(e, out):
+        for i in range(e.size):
+            out[i] = _cpu_kernels._step_factor(e[i])
+
+    err = np.exp(np.random.default_rng(0).uniform(np.log(1e-6), np.log(1e4), 200_000))
+    err = np.concatenate([err, 2.0 ** np.arange(-19, 13), [1e-6, 1e4, 1.0]])
+    out = np.empty_like(err)
+    many(err, out)
+    assert np.max(np.abs(out / (0.9 * err**-0.2) - 1.0)) < 4 * np.finfo(float).eps
+    out = np.empty(4)
+    many(np.array([1e-9, 0.0, 1e7, np.inf]), out)
+    assert np.all(np.minimum(10.0, out[:2]) == 10.0) and np.all(np.maximum(0.2, out[2:]) == 0.2)
