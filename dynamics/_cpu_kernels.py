@@ -177,6 +177,20 @@ def _rms_scaled(a, scale):
     return math.sqrt(acc / a.size)
 
 
+@nb.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _trial_step(d0, d1):
+    """Hairer's first trial step (scipy's select_initial_step) from ||y0|| and ||f(y0)|| (scaled RMS)."""
+    return 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+
+
+@nb.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _starting_step(h0, d1, d2, order):
+    """Hairer's starting step from the trial step h0, ||f(y0)|| and ||f(y0 + h0 f0) - f(y0)|| / h0."""
+    dmax = max(d1, d2)
+    h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (order + 1))
+    return min(100.0 * h0, h1)
+
+
 @nb.njit(cache=True, fastmath=_FM, error_model="numpy")
 def _combine(coef, K, m, out):
     """out = sum_l coef[l] K[l] over the first m rows, as contiguous axpys."""
@@ -210,17 +224,14 @@ def _solve_run(system, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exp
         scale[j] = atol + abs(y[j]) * rtol
     d0 = _rms_scaled(y, scale)
     d1 = _rms_scaled(K[0], scale)
-    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    h0 = _trial_step(d0, d1)
     for j in range(n):
         ytmp[j] = y[j] + h0 * K[0, j]
     _rhs(system, t + h0, ytmp, prm, cfg, K[1], work)
     nfev += 1
     for j in range(n):
         K[2, j] = K[1, j] - K[0, j]
-    d2 = _rms_scaled(K[2], scale) / h0
-    dmax = max(d1, d2)
-    h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (order + 1))
-    h = min(100.0 * h0, h1)
+    h = _starting_step(h0, d1, _rms_scaled(K[2], scale) / h0, order)
     pos = 1
     nsteps = 0
     nrej = 0
@@ -521,7 +532,7 @@ def _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
                         scale[c, l] = atol + abs(y[c, l]) * rtol
                     d0 = _lane_rms(y, scale, l)
                     d1 = _lane_rms(ynew, scale, l)
-                    he[l] = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+                    he[l] = _trial_step(d0, d1)
                 else:
                     he[l] = 0.0
                 for c in range(n):
@@ -534,10 +545,7 @@ def _mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
                         v = (ynew[c, l] - K[0, c, l]) / scale[c, l]
                         acc += v * v
                     d1 = _lane_rms(K[0], scale, l)
-                    d2 = math.sqrt(acc / n) / he[l]
-                    dmax = max(d1, d2)
-                    h1 = max(1e-6, he[l] * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (order + 1))
-                    h[l] = min(100.0 * he[l], h1)
+                    h[l] = _starting_step(he[l], d1, math.sqrt(acc / n) / he[l], order)
                     nfev[l] = 2
                     fresh[l] = False
         for l in range(L):
@@ -779,7 +787,7 @@ def _one_lane_steps(buf, c, has_p, stop_grad, simsiam, n, rtol, atol, max_steps)
 
 
 @nb.njit(cache=True, fastmath=_FM, error_model="numpy")
-def _one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, rtol, atol, max_steps, blowup, out,
+def _one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, order, rtol, atol, max_steps, blowup, out,
                     stats, tfail, first, stride):
     """Runs first, first + stride, ... of a one-mode system, ONE_LANES at a time. slots[q] is the lane
     row (_P, _W or _A) of state column q."""
@@ -821,16 +829,14 @@ def _one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, rtol, 
                 d1 += mask[q] * (f0[q] / sc) ** 2
             d0 = math.sqrt(d0 / nf)
             d1 = math.sqrt(d1 / nf)
-            h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+            h0 = _trial_step(d0, d1)
             f1 = _one_rhs(y[0] + h0 * f0[0], y[1] + h0 * f0[1], y[2] + h0 * f0[2], ap, eta, etap, beta, ls, ld,
                           has_p, stop_grad, simsiam)
             d2 = 0.0
             for q in range(3):
                 d2 += mask[q] * ((f1[q] - f0[q]) / (atol + abs(y[q]) * rtol)) ** 2
-            d2 = math.sqrt(d2 / nf) / h0
-            dmax = max(d1, d2)
-            h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / 6.0)  # 1 / (order + 1)
-            row = (y[0], y[1], y[2], f0[0], f0[1], f0[2], ap, eta, etap, beta, ls, ld, t_save[0], min(100.0 * h0, h1),
+            h = _starting_step(h0, d1, math.sqrt(d2 / nf) / h0, order)
+            row = (y[0], y[1], y[2], f0[0], f0[1], f0[2], ap, eta, etap, beta, ls, ld, t_save[0], h,
                    t_save[1], blowup * big, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0)
             for q in range(_NROWS):
                 buf[q * L + l] = row[q]
@@ -870,11 +876,11 @@ def _one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, rtol, 
 
 
 @nb.njit(cache=True, parallel=True, error_model="numpy")
-def _one_mode_batch(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, rtol, atol, max_steps, blowup, out, stats,
-                    tfail, n_tasks):
+def _one_mode_batch(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, order, rtol, atol, max_steps, blowup, out,
+                    stats, tfail, n_tasks):
     for task in nb.prange(n_tasks):  # strided shares, as in _solve_batch
-        _one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, rtol, atol, max_steps, blowup, out,
-                        stats, tfail, np.int64(task), np.int64(n_tasks))
+        _one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, order, rtol, atol, max_steps, blowup,
+                        out, stats, tfail, np.int64(task), np.int64(n_tasks))
 
 
 def one_mode_applies(system: str, cfg, tableau, n_runs: int) -> bool:
@@ -892,5 +898,6 @@ def _solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, ou
                   E[0], E[2], E[3], E[4], E[5], E[6]], dtype=np.float64)
     assert B[1] == 0.0 and E[1] == 0.0  # the Dormand-Prince structure the step code relies on
     n_tasks = max(1, min(len(Y0) // ONE_LANES, 8 * nb.get_num_threads()))
-    _one_mode_batch(Y0, PRM, slots, has_p, stop_grad, simsiam, np.asarray(t_save, dtype=np.float64), c, float(rtol),
-                    float(atol), float(max_steps), float(blowup), out, stats, tfail, n_tasks)
+    _one_mode_batch(Y0, PRM, slots, has_p, stop_grad, simsiam, np.asarray(t_save, dtype=np.float64), c,
+                    int(tab["order"]), float(rtol), float(atol), float(max_steps), float(blowup), out, stats, tfail,
+                    n_tasks)

@@ -33,6 +33,7 @@ Observe = Callable[[torch.Tensor, torch.Tensor, dict], dict]
 
 #: status codes of a run
 STATUS = {0: "ok", 1: "blow-up", 2: "step-size underflow", 3: "max steps"}
+STATUS_NAMES = np.array([STATUS[c] for c in range(len(STATUS))])  # STATUS_NAMES[codes]: names of an array of codes
 METHODS = ("dop853", "dopri5", "rk4")
 
 

@@ -25,7 +25,7 @@ import xarray as xr
 from stopgrad.analysis import build_dataset
 
 from ._checks import ConfigError, check, check_choice, check_range
-from .integrate import STATUS, IntegrationResult, Solver, integrate, tableau_arrays
+from .integrate import STATUS_NAMES, IntegrationResult, Solver, integrate, tableau_arrays
 from .matrix_flow import MatrixFlow, SymmetrizedFlow, draw_initial_matrices
 from .mode_flow import ModeFlow
 from .model import LinearModel
@@ -237,23 +237,26 @@ def _integrate_numba(flow, numba_sys, sim: Simulation, t_save: np.ndarray, progr
                 for i in range(S):
                     obs = flow.observe(t_t[i].expand(hi - lo), torch.from_numpy(out[:, i]), sub)
                     for key, val in obs.items():
-                        if key not in values:
-                            values[key] = torch.empty((R, S) + tuple(val.shape[1:]), dtype=val.dtype)
-                        values[key][lo:hi, i] = val
+                        _store(values, key, val, (R, S, *val.shape[1:]), (slice(lo, hi), i))
             else:
                 sub = {k: v[lo:hi].repeat_interleave(S, dim=0) for k, v in flow.params.items()}
                 obs = flow.observe(t_t.repeat(hi - lo), torch.from_numpy(out.reshape(-1, n)), sub)
                 for key, val in obs.items():
                     val = val.reshape(hi - lo, S, *val.shape[1:])
-                    if key not in values:
-                        values[key] = torch.empty((R,) + tuple(val.shape[1:]), dtype=val.dtype)
-                    values[key][lo:hi] = val
+                    _store(values, key, val, (R, *val.shape[1:]), slice(lo, hi))
             bar.update(hi - lo)
     return IntegrationResult(
         t=t_save, values=values, status=stats[:, 0].astype(np.int8), t_fail=t_fail, nfev=stats[:, 1],
         steps=stats[:, 2], rejected=stats[:, 3], wall=_time.perf_counter() - start,
         info={"method": solver.method, "block": block, "device": "cpu"},
     )
+
+
+def _store(values: dict, key: str, val: torch.Tensor, shape: tuple, where) -> None:
+    """values[key][where] = val, allocating values[key] of ``shape`` on first use."""
+    if key not in values:
+        values[key] = torch.empty(shape, dtype=val.dtype)
+    values[key][where] = val
 
 
 def collapse_verdicts(s: np.ndarray, status: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -264,10 +267,10 @@ def collapse_verdicts(s: np.ndarray, status: np.ndarray, tol: float) -> tuple[np
     alive = s[:, -1, :] > tol * ref[:, None]
     n_alive = alive.sum(-1)
     k = s.shape[-1]
-    names = np.array(["collapsed", "partial", "non-collapsed"] + [STATUS[c] for c in sorted(STATUS) if c])
+    names = np.concatenate([["collapsed", "partial", "non-collapsed"], STATUS_NAMES[1:]])
     code = np.where(n_alive == 0, 0, np.where(n_alive == k, 2, 1))
     failed = status != 0
-    code[failed] = 2 + status[failed]
+    code[failed] = 2 + status[failed]  # failure c -> STATUS_NAMES[c]
     n_alive[failed] = -1
     return names[code], n_alive
 
@@ -338,7 +341,7 @@ def _to_dataset(sim: Simulation, table: dict, res: IntegrationResult, backend: s
                                                       "asymmetry", "loss", "weight_norm")}
     verdict, n_alive = collapse_verdicts(vals["s"], res.status, sim.collapse_tol)
     extra_vars = {
-        "status": (("run",), np.array([STATUS[c] for c in sorted(STATUS)])[res.status]),
+        "status": (("run",), STATUS_NAMES[res.status]),
         "t_fail": (("run",), res.t_fail),
         "verdict": (("run",), verdict),
         "n_alive": (("run",), n_alive.astype(np.int64)),
