@@ -13,6 +13,9 @@ from .metrics import entropy_rank as entropy_rank
 from .metrics import rankme as rankme
 from .metrics import std_of_l2_normalized as std_of_l2_normalized
 from .metrics import uniformity as uniformity
+from .moments import augmentation_moments as augmentation_moments
+from .moments import moments_standard_error as moments_standard_error
+from .moments import psd_part as psd_part
 from .schema import MODE_VARIABLES as MODE_VARIABLES
 from .schema import SCALAR_VARIABLES as SCALAR_VARIABLES
 from .schema import DatasetError as DatasetError

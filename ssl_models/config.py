@@ -411,16 +411,23 @@ class ProbeConfig:
 
     F-hat is the predictor rule's running correlation when the method has one, otherwise a rho-EMA of the
     online projector outputs' correlation updated every step. The batch metrics (std_l2, effective rank,
-    RankMe, uniformity) use at most ``max_samples`` projector outputs of the first view."""
+    RankMe, uniformity) use at most ``max_samples`` projector outputs of the first view.
+
+    ``cross_view``: also keep rho-EMAs of the two views' cross-correlation E[z1 z2^T] (and, with an EMA target,
+    of E[z1 z_a2^T]) and record, along F-hat's eigenvectors u_j, ``s_cross`` = u_j^T E[z1 z2^T] u_j (the
+    analogue of the theory's s = eig(W X W^T), where F-hat is W (X + X') W^T) and ``tau`` =
+    u_j^T E[z1 z_a2^T] u_j / s_cross_j. Costs one d x d correlation per step (off by default)."""
 
     every: int = 50
     rho: float = 0.9
     max_samples: int = 512
+    cross_view: bool = False
 
     def __post_init__(self):
         check_range("every", self.every, 0, None, integer=True)
         check_range("rho", self.rho, 0, 1, hi_open=True)
         check_range("max_samples", self.max_samples, 2, None, integer=True)
+        check("cross_view", self.cross_view, isinstance(self.cross_view, bool), "must be true or false")
 
 
 @dataclass(frozen=True)
