@@ -30,7 +30,7 @@ __all__ = [
     "write_netcdf",
 ]
 
-SOURCES = ("theory", "sampled", "measured")
+SOURCES = ("theory", "sampled", "measured", "comparison")  # comparison: analysis.compare's output
 TIME_UNITS = ("flow", "step")
 #: variables with a trailing ``mode`` dim, and their meaning (long_name attribute).
 MODE_VARIABLES = {
