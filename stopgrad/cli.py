@@ -13,7 +13,7 @@ import sys
 
 from stopgrad import __version__
 
-VERB_MODULES = ("cmd_dynamics", "cmd_train", "cmd_demo")
+VERB_MODULES = ("cmd_dynamics", "cmd_train", "cmd_demo", "cmd_figures")
 
 
 def build_parser() -> argparse.ArgumentParser:
