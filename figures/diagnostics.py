@@ -167,7 +167,7 @@ def collapse_metrics(datasets, dim: int | None = None, run: int = 0, title: str 
     for ax, name in zip(axes[0], names):
         for lab, ds in pairs:
             if name in ds:
-                ax.plot(ds["time"].values, ds[name].values, color=colors[lab], lw=1.3, label=lab)
+                ax.plot(ds["time"].values, ds[name].values, color=colors[lab], lw=1.3, marker=".", ms=4, label=lab)
         if name == "std_l2":
             dims = sorted({dim} if dim else {d for _, ds in pairs if "std_l2" in ds and (d := feature_dim(ds))})
             for k, d in enumerate(dims):
