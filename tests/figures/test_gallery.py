@@ -8,7 +8,10 @@ gallery and the CLI write.
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -345,3 +348,20 @@ def test_cli_figures_end_to_end(tmp_path, capsys, comparison, phase_ds):
         assert main(["figures", str(tmp_path / bad), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("stopgrad: error:") and bad in err
+
+
+def test_figures_imports_only_numpy_xarray_matplotlib():
+    """design.md's layering: figures imports the standard library, numpy, xarray and matplotlib only."""
+    allowed = {"numpy", "xarray", "matplotlib"} | set(sys.stdlib_module_names)
+    folder = Path(__file__).resolve().parents[2] / "figures"
+    files = sorted(folder.glob("*.py"))
+    assert len(files) >= 8
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            assert set(tops) <= allowed, f"{path.name} imports {tops}"
