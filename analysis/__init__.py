@@ -6,6 +6,7 @@ Everything here takes arrays, tensors or Datasets and imports nothing else of st
 
 from .comparison import HYPERPARAMETERS as HYPERPARAMETERS
 from .comparison import compare as compare
+from .comparison import comparison_scores as comparison_scores
 from .comparison import flow_hyperparameters as flow_hyperparameters
 from .comparison import flow_time as flow_time
 from .comparison import format_comparison as format_comparison

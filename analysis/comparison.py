@@ -62,7 +62,8 @@ from scipy import stats
 from .schema import DatasetError, _flat_attr, _version, validate_dataset
 from .units import OptimizerUnits, steps_to_flow_time, to_flow
 
-__all__ = ["HYPERPARAMETERS", "compare", "flow_hyperparameters", "flow_time", "format_comparison"]
+__all__ = ["HYPERPARAMETERS", "compare", "comparison_scores", "flow_hyperparameters", "flow_time",
+           "format_comparison"]
 
 #: flow-unit hyperparameters that must agree between the two Datasets.
 HYPERPARAMETERS = ("eta", "eta_p", "alpha_p", "beta", "sigma2")
@@ -508,6 +509,28 @@ def _nanmax(v) -> float:
 
 def _num(v: float, fmt: str = ".3g") -> str:
     return "n/a" if not np.isfinite(v) else format(v, fmt)
+
+
+def comparison_scores(ds: xr.Dataset) -> dict[str, float]:
+    """The headline numbers of a comparison Dataset as a flat dict (NaN where a variable is missing).
+
+    ``s_rel_error_final`` / ``s_rel_error_all``: the median over the ``top_modes`` leading modes of the
+    relative error in s at the last common time / over all common times (likewise ``p_rel_error_*`` and
+    ``s_log_error_*``); ``parabola_distance_final`` (measured) and ``parabola_distance_predicted_final``;
+    ``alignment_final_measured``: median alignment of the top modes at the end; ``collapse_agreement``."""
+    K = int(ds.attrs["top_modes"])
+    top = ds.isel(mode=slice(0, K))
+    out: dict[str, float] = {}
+    for name in ("s_rel_error", "p_rel_error", "s_log_error", "parabola_distance", "parabola_distance_predicted"):
+        v = top[name].values if name in ds else np.full((1, 1), np.nan)
+        out[f"{name}_final"] = _median(v[-1])
+        out[f"{name}_all"] = _median(v)
+    for who in ("measured", "predicted"):
+        name = f"alignment_{who}"
+        out[f"alignment_final_{who}"] = _median(top[name].values[-1]) if name in ds else math.nan
+    out["collapse_agreement"] = float(ds["collapse_agreement"].values)
+    out["spearman_s_final"] = float(ds["spearman_s"].values[-1])
+    return out
 
 
 def format_comparison(ds: xr.Dataset) -> str:

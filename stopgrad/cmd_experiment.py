@@ -13,7 +13,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
 
     run_experiment(args.config, Path(args.out), data_root=args.data_root, device=args.device, force=args.force,
-                   progress=not args.quiet)
+                   progress=not args.quiet, overrides=args.set)
     print(f"experiment folder: {args.out} (summary.json, compare_*.txt, figures/)")
     return 0
 
@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (rung 2 and 3; default cpu)")
     p.add_argument("--force", action="store_true", help="redo every stage")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a config value, e.g. --set linear.steps=500 (repeatable)")
     p.set_defaults(func=_experiment)
 
     q = subparsers.add_parser(

@@ -9,21 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from stopgrad.config import build, load_toml
+from stopgrad.config import apply_overrides, build, load_toml
 from stopgrad.dynamics import ConfigError
 
 __all__ = ["load_train_config", "register"]
-
-
-def _parse_value(text: str):
-    try:
-        import tomllib
-    except ImportError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None):
@@ -37,17 +26,7 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None):
             raise ConfigError("train.fuse_views", train["fuse_views"], "was removed (it was never implemented); "
                               "delete the key")
         del train["fuse_views"]
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError("--set", item, "must look like table.key=value (e.g. train.epochs=1)")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = table
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError("--set", item, f"{part} is not a table")
-        node[parts[-1]] = _parse_value(value.strip())
+    apply_overrides(table, overrides)
     return build(TrainConfig, table)
 
 

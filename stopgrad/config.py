@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ConfigError", "build", "load_toml"]
+__all__ = ["ConfigError", "apply_overrides", "build", "load_toml"]
 
 
 def load_toml(path: str | Path) -> dict:
@@ -124,3 +124,30 @@ def build(cls, table: dict, prefix: str = ""):
         return cls(**kwargs)
     except ConfigError as err:
         raise err.prefixed(prefix) from None
+
+
+def _parse_value(text: str):
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def apply_overrides(table: dict, overrides: list[str] | None) -> dict:
+    """Set ``table.key=value`` items (``--set``) in a TOML table, in place; the values parse as TOML."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError("--set", item, "must look like table.key=value (e.g. train.epochs=1)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = table
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("--set", item, f"{part} is not a table")
+        node[parts[-1]] = _parse_value(value.strip())
+    return table

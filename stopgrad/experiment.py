@@ -39,7 +39,7 @@ import xarray as xr
 
 from stopgrad.dynamics import ConfigError, check, check_range
 
-from .config import build, load_toml
+from .config import apply_overrides, build, load_toml
 
 __all__ = ["ExperimentSpec", "load_experiment", "run_experiment", "measured_as_theory"]
 
@@ -85,12 +85,12 @@ class Experiment:
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read an experiment TOML file into a validated :class:`Experiment`."""
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read an experiment TOML file (plus ``table.key=value`` overrides) into a validated :class:`Experiment`."""
     from stopgrad.ssl_models import LinearRunConfig, TrainConfig
 
     path = Path(path)
-    table = load_toml(path)
+    table = apply_overrides(load_toml(path), overrides)
     if "experiment" not in table:
         raise ConfigError("experiment", None, "missing table [experiment] (rung = 1 or 2); see configs/experiment-*.toml")
     spec = build(ExperimentSpec, table.pop("experiment"), "experiment.")
@@ -103,7 +103,10 @@ def load_experiment(path: str | Path) -> Experiment:
     else:
         check("linear", table.get("linear"), "linear" not in table, "is for rung 1; rung 2 takes a train config")
         run = build(TrainConfig, table)
-    return Experiment(spec, run, path.read_text(), phase)
+    text = path.read_text()
+    if overrides:
+        text += "\n# overrides: " + ", ".join(overrides) + "\n"
+    return Experiment(spec, run, text, phase)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -134,36 +137,24 @@ def measured_as_theory(measured: xr.Dataset) -> xr.Dataset:
     if "s_cross" not in measured:
         raise ConfigError("probe.cross_view", False, "rung 2 needs the cross-view probe (set probe.cross_view = true)")
     ds = measured.rename({"s": "s_hat"})
-    return ds.assign(s=measured["s_cross"]).drop_vars("s_cross")
+    ds = ds.assign(s=measured["s_cross"]).drop_vars("s_cross")
+    return ds.sel(time=np.isfinite(ds["s"].values).any(axis=-1))  # probes without spectra (e.g. kNN only)
 
 
-def _flow_of(ds: xr.Dataset):
-    """Flow-unit hyperparameters of a measured Dataset through analysis.to_flow (lr at its first probe)."""
-    from stopgrad.analysis import OptimizerUnits, to_flow
+def _flow_of(ds: xr.Dataset) -> dict:
+    """Flow-unit eta, eta_p, alpha_p, beta of a measured Dataset (analysis.flow_hyperparameters)."""
+    from stopgrad.analysis import flow_hyperparameters
 
-    a = ds.attrs
-    lr = float(a["lr"])
-    ema = a.get("ema_momentum", math.nan)
-    if (ema is None or not np.isfinite(ema)) and "ema_momentum" in ds and ds.attrs.get("method", "") != "simsiam":
-        vals = ds["ema_momentum"].values
-        ema = float(vals[np.isfinite(vals)][0]) if np.isfinite(vals).any() else math.nan
-    ratio = float(a.get("predictor_lr", lr)) / lr
-    return to_flow(OptimizerUnits(
-        lr=lr, weight_decay=float(a.get("weight_decay", 0.0)), predictor_lr=lr * ratio,
-        predictor_weight_decay=float(a.get("predictor_weight_decay", a.get("weight_decay", 0.0))),
-        ema_momentum=None if (ema is None or not np.isfinite(ema)) else float(ema),
-        momentum=float(a.get("sgd_momentum", 0.0))))
+    return flow_hyperparameters(ds, "measured")[0]
 
 
 def _flow_times(ds: xr.Dataset) -> np.ndarray:
-    """Flow time of each measured step: the running sum of lr_eff over the steps (a schedule is followed
-    through the recorded lr, taken constant between probes)."""
+    """Flow time of each measured step through the unit mapping (the recorded lr schedule)."""
+    from stopgrad.analysis import steps_to_flow_time
+
     steps = ds["time"].values.astype(float)
-    mom = float(ds.attrs.get("sgd_momentum", 0.0))
     lr = ds["lr"].values if "lr" in ds else np.full(steps.shape, float(ds.attrs["lr"]))
-    lr_eff = lr / (1.0 - mom)
-    dt = np.diff(steps, prepend=steps[0]) * np.concatenate(([lr_eff[0]], lr_eff[:-1]))
-    return np.cumsum(dt)
+    return steps_to_flow_time(steps, lr, float(ds.attrs.get("sgd_momentum", 0.0)))
 
 
 # ------------------------------------------------------------------------------------------------ rung 1
@@ -195,12 +186,12 @@ def _rung1_theory(exp: Experiment, out: Path, measured: xr.Dataset, which: str):
     cfg = exp.run
     st = np.load(out / "state.npz")
     flow = _flow_of(measured)
-    t = cfg.lr * measured["time"].values.astype(float)
+    t = _flow_times(measured)
     k0 = int(st["k0"]) if which == "forward" else 0
-    t0 = cfg.lr * k0
+    t0 = float(t[int(np.searchsorted(measured["time"].values, k0))])
     W, Wp, Wa = (st["Wk"], st["Wpk"], st["Wak"]) if which == "forward" else (st["W0"], st["Wp0"], st["Wa0"])
-    model = LinearModel(n1=cfg.n1, n2=cfg.n2, method=cfg.method, beta=flow.beta, alpha_p=flow.alpha_p,
-                        eta=flow.eta, eta_p=flow.eta_p, predictor="learned",
+    model = LinearModel(n1=cfg.n1, n2=cfg.n2, method=cfg.method, beta=flow["beta"], alpha_p=flow["alpha_p"],
+                        eta=flow["eta"], eta_p=flow["eta_p"], predictor="learned",
                         data=DataSpec(kind="general", X=st["X"], X_prime=st["X_prime"]))
     save = t[t > t0] - t0
     sim = Simulation(model=model, engine="matrix", t_end=float(save[-1]), save_times=tuple(save),
@@ -250,8 +241,8 @@ def _rung2_theory(exp: Experiment, measured: xr.Dataset, which: str):
     sigma2 = np.maximum(s_hat[idx] / s_cross[idx] - 1.0, 0.0)
     tau = at["tau"].values[idx] if "tau" in at and measured.attrs.get("method", "").startswith("byol") else None
     model = LinearModel(n1=k, n2=k, method="byol" if tau is not None else "simsiam",
-                        beta=flow.beta if tau is not None else None, alpha_p=flow.alpha_p, eta=flow.eta,
-                        eta_p=flow.eta_p, predictor="learned",
+                        beta=flow["beta"] if tau is not None else None, alpha_p=flow["alpha_p"], eta=flow["eta"],
+                        eta_p=flow["eta_p"], predictor="learned",
                         data=DataSpec(kind="additive", signal=tuple(np.ones(k)), noise=tuple(sigma2)))
     t0 = t_all[i0]
     save = t_all[i0 + 1 :] - t0
@@ -268,11 +259,14 @@ def _rung2_theory(exp: Experiment, measured: xr.Dataset, which: str):
 
 # ------------------------------------------------------------------------------------------------ pipeline
 def run_experiment(path: str | Path, out: str | Path, data_root=None, device: str = "cpu", force: bool = False,
-                   progress: bool = True) -> dict:
-    """Run (or resume from its cache) the experiment in ``path`` into the folder ``out``; returns the summary."""
-    from stopgrad.analysis import compare, format_comparison, open_dataset, write_netcdf
+                   progress: bool = True, overrides: list[str] | None = None) -> dict:
+    """Run (or resume from its cache) the experiment in ``path`` into the folder ``out``; returns the summary.
 
-    exp = load_experiment(path)
+    ``overrides``: ``table.key=value`` items applied to the file (as ``--set``); they are part of the
+    cache key, so a changed override reruns every stage."""
+    from stopgrad.analysis import compare, comparison_scores, format_comparison, open_dataset, write_netcdf
+
+    exp = load_experiment(path, overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(exp.text)
@@ -310,7 +304,7 @@ def run_experiment(path: str | Path, out: str | Path, data_root=None, device: st
         table = format_comparison(cmp)
         (out / f"compare_{which}.txt").write_text(table + "\n")
         _say(progress, f"\ncomparison ({which}, from step {theory.attrs['start_step']}):\n{table}")
-        summary["scores"][which] = {k: _jsonable(v) for k, v in cmp.attrs.items() if k.startswith("score_")}
+        summary["scores"][which] = comparison_scores(cmp)
     summary["timings_seconds"] = timings
     render_figures(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
