@@ -91,13 +91,15 @@ def spectrum_error(s, ref):
     return float(np.max(np.abs(s - ref).max(-1) / ref.max(-1)))
 
 
-def bench_sweep(n_configs, loop_sample, rtol, device, rng, method="dop853", equal_accuracy=True):
+def bench_sweep(n_configs, loop_sample, rtol, device, rng, method="dop853", equal_accuracy=True, dump=None):
     grid = sweep_grid(n_configs)
     sim = Simulation(model=base_model(), t_end=T_END, n_save=N_SAVE, grid=grid,
                      solver=Solver(method=method, rtol=rtol, atol=rtol * 1e-2, device=device))
     start = time.perf_counter()
     ds = simulate(sim)
     ours = time.perf_counter() - start
+    if dump is not None:  # the raw results, for a bitwise before/after comparison of a refactor
+        dump[f"sweep_{device}"] = {k: ds[k].values for k in ("s", "p", "tau", "balance", "nfev")}
     R = ds.sizes["run"]
     table = {k: ds[k].values for k in grid}
     t_save = ds.time.values
@@ -124,7 +126,7 @@ def bench_sweep(n_configs, loop_sample, rtol, device, rng, method="dop853", equa
     return row
 
 
-def bench_grid(n_side, rtol, rng):
+def bench_grid(n_side, rtol, rng, dump=None):
     model = LinearModel(n1=1, n2=1, method="byol", beta=0.5, eta=0.05, data=DataSpec(sigma2=SIGMA2),
                         init=InitSpec(wa="zero"))
     grid = {"p0": np.linspace(-0.5, 1.0, n_side).tolist(), "eta": np.linspace(0.0, 0.2, n_side).tolist()}
@@ -135,6 +137,8 @@ def bench_grid(n_side, rtol, rng):
     start = time.perf_counter()
     ds = simulate(sim)
     wall = time.perf_counter() - start
+    if dump is not None:
+        dump[f"grid_{rtol:g}"] = {k: ds[k].values for k in ("s", "p", "tau", "nfev")}
     # accuracy against scipy DOP853 at rtol 1e-11 on random points
     idx = rng.choice(ds.sizes["run"], 100, replace=False)
     errs = []
@@ -165,18 +169,23 @@ def main() -> None:
     ap.add_argument("--grid-side", type=int, default=1000)
     ap.add_argument("--skip-grid", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--dump", default=None, help="also save the raw results (s, p, tau, nfev) to this .npz, "
+                    "for a bitwise before/after comparison")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                           "torch": torch.__version__, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}}
     eq = not args.no_equal_accuracy
-    result["sweep_cpu"] = bench_sweep(args.configs, args.loop_sample, args.rtol, "cpu", rng, args.method, eq)
+    dump = {} if args.dump else None
+    result["sweep_cpu"] = bench_sweep(args.configs, args.loop_sample, args.rtol, "cpu", rng, args.method, eq, dump)
     if device == "cuda":
         result["sweep_cuda"] = bench_sweep(args.configs, args.loop_sample, args.rtol, "cuda", rng, args.method, eq)
     if not args.skip_grid:
-        result["mode_grid"] = bench_grid(args.grid_side, 1e-6, rng)
-        result["mode_grid_tradeoff"] = [bench_grid(args.grid_side, tol, rng) for tol in (1e-5, 1e-4)]
+        result["mode_grid"] = bench_grid(args.grid_side, 1e-6, rng, dump)
+        result["mode_grid_tradeoff"] = [bench_grid(args.grid_side, tol, rng, dump) for tol in (1e-5, 1e-4)]
+    if dump is not None:
+        np.savez_compressed(args.dump, **{f"{part}/{k}": v for part, d in dump.items() for k, v in d.items()})
     out = Path(args.out or RESULTS / f"dynamics-{device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

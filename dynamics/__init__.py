@@ -36,3 +36,5 @@ from .simulate import Simulation as Simulation
 from .simulate import collapse_verdicts as collapse_verdicts
 from .simulate import simulate as simulate
 from .simulate import sweep as sweep
+from .initial import FrozenArray as FrozenArray
+from .initial import InitialState as InitialState

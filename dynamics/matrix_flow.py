@@ -28,11 +28,34 @@ from .model import LinearModel
 __all__ = ["MatrixFlow", "SymmetrizedFlow", "draw_initial_matrices"]
 
 
-def draw_initial_matrices(model: LinearModel, seeds, w_scale, wp_scale) -> dict[str, np.ndarray]:
-    """Initial (W, W_p, W_a) for each run, each run from its own seed (so a run's draw does not depend
-    on the rest of the sweep). Returns float64 arrays (R, n2, n1), (R, n2, n2), (R, n2, n1)."""
-    n1, n2, init = model.n1, model.n2, model.init
+def draw_initial_matrices(model: LinearModel, seeds=None, w_scale=None, wp_scale=None) -> dict[str, np.ndarray]:
+    """The random initial (W, W_p, W_a) of each run, each run from its own seed.
+
+    Run r draws from ``numpy.random.default_rng(seeds[r])``, in this order:
+
+    1. W = (w_scale / sqrt(n1)) * N(0, 1) of shape (n2, n1) (row-major ``standard_normal``; the
+       product in this order, for bitwise reproduction);
+    2. M = (wp_scale / sqrt(n2)) * N(0, 1) of shape (n2, n2), drawn whatever ``init.wp`` is, then
+       W_p = M ("random"), (M + M^T) / 2 ("symmetric"), wp_scale * I ("identity") or 0 ("zero");
+       with ``model.predictor == "symmetric"`` W_p is symmetrised again, (W_p + W_p^T) / 2;
+    3. W_a = 0 ("zero"), W ("copy") or, for "random", (w_scale / sqrt(n1)) * N(0, 1) of shape (n2, n1).
+
+    So a run's draw does not depend on the rest of the sweep.
+
+    Args:
+        model: dims, ``init`` (kinds wp and wa; the defaults below) and ``predictor``.
+        seeds: (R,) integer seeds; default ``[model.init.seed]``.
+        w_scale: (R,) or a number; default ``model.init.w_scale``.
+        wp_scale: (R,) or a number; default ``model.init.wp_scale``.
+
+    Returns:
+        float64 arrays ``W`` (R, n2, n1), ``Wp`` (R, n2, n2), ``Wa`` (R, n2, n1).
+    """
+    seeds = [model.init.seed] if seeds is None else np.atleast_1d(np.asarray(seeds))
     R = len(seeds)
+    w_scale = np.broadcast_to(np.asarray(model.init.w_scale if w_scale is None else w_scale, float), (R,))
+    wp_scale = np.broadcast_to(np.asarray(model.init.wp_scale if wp_scale is None else wp_scale, float), (R,))
+    n1, n2, init = model.n1, model.n2, model.init
     W = np.empty((R, n2, n1))
     Wp = np.empty((R, n2, n2))
     Wa = np.zeros((R, n2, n1))

@@ -19,12 +19,23 @@ __all__ = ["DataSpec", "InitSpec", "LinearModel", "RuleSpec"]
 Matrix = tuple[tuple[float, ...], ...]
 
 
+def _as_tuples(key: str, value, depth: int):
+    """``value`` (array-like of ``depth`` dimensions) as nested tuples of floats."""
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ConfigError(key, value, "must be an array of numbers") from None
+    check(key, f"shape {arr.shape}", arr.ndim == depth, f"must have {depth} dimension(s)")
+    return tuple(map(float, arr)) if depth == 1 else tuple(tuple(map(float, row)) for row in arr)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Second moments of data and augmentation (X = E[x-bar x-bar^T], X' = E[Var(x'|x)]).
 
     kind = "isotropic": X = I, X' = sigma2 I (Assumption 2).
-    kind = "general":   X and X_prime given as n1 x n1 PSD matrices.
+    kind = "general":   X and X_prime given as n1 x n1 PSD matrices (nested lists, tuples or numpy
+                        arrays; stored as tuples so that the spec stays hashable).
     kind = "additive":  additive-noise model (§3.7), diagonal: X = diag(signal), X' = diag(noise).
     """
 
@@ -36,6 +47,11 @@ class DataSpec:
     noise: tuple[float, ...] | None = None
 
     def __post_init__(self):
+        # arrays and lists become tuples: a frozen spec must hash (numpy arrays do not)
+        for key, depth in (("X", 2), ("X_prime", 2), ("signal", 1), ("noise", 1)):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, key, _as_tuples(key, value, depth))
         check_choice("kind", self.kind, ("isotropic", "general", "additive"))
         check_range("sigma2", self.sigma2, 0, None)
         if self.kind == "general":

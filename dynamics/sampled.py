@@ -26,7 +26,7 @@ import torch
 
 from ._checks import check, check_choice, check_range
 from .integrate import IntegrationResult
-from .matrix_flow import MatrixFlow, draw_initial_matrices
+from .matrix_flow import MatrixFlow
 from .predictor_rules import CorrelationEMA
 
 __all__ = ["SampledSpec", "autograd_gradients", "batch_moments", "moment_gradients", "simulate_sampled", "wishart_moments"]
@@ -129,18 +129,22 @@ def simulate_sampled(sim, progress: bool = False):
     ``observe`` on the sampled (W, W_p, W_a), so theory and simulation are measured identically."""
     from tqdm.auto import tqdm
 
-    from .simulate import _run_table, _to_dataset
+    from .simulate import _run_table, _to_dataset, initial_state
 
     spec = sim.sampled or SampledSpec()
     m = sim.model
     table = _run_table(sim)
     R = len(table["eta"])
     n1, n2 = m.n1, m.n2
-    steps = max(1, round(sim.t_end / spec.lr))
-    save_steps = np.unique(np.round(np.linspace(0, steps, sim.n_save)).astype(int))
+    if sim.save_times is None:
+        steps = max(1, round(sim.t_end / spec.lr))
+        save_steps = np.unique(np.round(np.linspace(0, steps, sim.n_save)).astype(int))
+    else:  # the SGD steps nearest the asked times
+        save_steps = np.unique(np.round(sim.times() / spec.lr).astype(int))
+        steps = max(1, int(save_steps[-1]))
     device = sim.solver.torch_device()
     f64 = dict(dtype=torch.float64, device=device)
-    init = draw_initial_matrices(m, table["seed"], table["w_scale"], table["wp_scale"])
+    init = initial_state(sim, table)
     obs_model = dataclasses.replace(m, predictor="learned") if m.predictor == "rule" else m
     params = {k: torch.as_tensor(table[k], **f64) for k in ("alpha_p", "eta", "eta_p", "beta", "sigma2")}
     flow = MatrixFlow(obs_model, params, init, reduce=False, device=device)
@@ -232,5 +236,5 @@ def simulate_sampled(sim, progress: bool = False):
     res = IntegrationResult(t=t_flow, values=values, status=status, t_fail=t_fail,
                             nfev=np.full(R, steps), steps=np.full(R, steps), rejected=np.zeros(R, int))
     ds = _to_dataset(sim, table, res, "torch", source="sampled", extra={"step": (("time",), save_steps)},
-                     attrs={"lr": lr, "batch": spec.batch, "gradient": spec.gradient})
+                     attrs={"lr": lr, "batch": spec.batch, "gradient": spec.gradient}, initial=init)
     return ds.set_coords("step")

@@ -17,6 +17,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ import xarray as xr
 from stopgrad.analysis import build_dataset
 
 from ._checks import ConfigError, check, check_choice, check_range
+from .initial import STATE_FIELDS as STATE_FIELDS_SHAPES
+from .initial import STORED_DIMS, InitialState, stored_name
 from .integrate import STATUS_NAMES, IntegrationResult, Solver, integrate, tableau_arrays
 from .matrix_flow import MatrixFlow, SymmetrizedFlow, draw_initial_matrices
 from .mode_flow import ModeFlow
@@ -48,16 +51,24 @@ SWEEPABLE = {
 class ModeInit:
     """Initial state of the per-mode engine: p_j(0) and s_j(0) = lambda_d w_j(0)^2, one value for all
     modes or one per mode. ``on_parabola = true`` starts on the invariant parabola instead,
-    s_j(0) = lambda_d p_j(0)^2 / alpha_p (c_j = 0; s0 is then ignored). w_a(0) follows
-    ``model.init.wa`` ("zero" or "copy")."""
+    s_j(0) = lambda_d p_j(0)^2 / alpha_p (c_j = 0; s0 is then ignored). ``tau0`` sets
+    tau_j(0) = w_a,j(0) / w_j(0) (BYOL); by default w_a(0) follows ``model.init.wa`` ("zero": tau 0,
+    "copy": tau 1). Per-run values: :class:`InitialState` (``Simulation.initial``)."""
 
     p0: float | tuple[float, ...] = 0.2
     s0: float | tuple[float, ...] = 0.2
     on_parabola: bool = False
+    tau0: float | tuple[float, ...] | None = None
 
     def __post_init__(self):
+        for key in ("p0", "s0", "tau0"):  # lists and arrays become tuples (hashable)
+            v = getattr(self, key)
+            if isinstance(v, (list, np.ndarray)):
+                object.__setattr__(self, key, tuple(map(float, np.ravel(v))) if np.ndim(v) else float(v))
         check_range("p0", self.p0, None, None)
         check_range("s0", self.s0, 0, None, lo_open=True)
+        if self.tau0 is not None:
+            check_range("tau0", self.tau0, None, None)
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,14 @@ class Simulation:
     grid maps a hyperparameter name to its values; the runs are the Cartesian product, in the order
     the keys are given. ``collapse_tol``: a mode counts as collapsed at t_end when s_j < collapse_tol
     times the largest s at t = 0.
+
+    Observation times: ``n_save`` equally spaced times on [0, t_end], or ``save_times`` (strictly
+    increasing, in (0, t_end]); t = 0 is always observed first, and the run ends at the last time.
+
+    ``initial``: an explicit initial state (an :class:`InitialState`, a result Dataset, or a path to
+    a ``.npz``/``.nc``), replacing the random draw; see :mod:`stopgrad.dynamics.initial`. With
+    ``store_initial`` (default) the Dataset keeps the state each run started from (``init_*``
+    variables), so ``Simulation(..., initial=result)`` replays it.
     """
 
     model: LinearModel = field(default_factory=LinearModel)
@@ -80,10 +99,20 @@ class Simulation:
     backend: str = "auto"
     collapse_tol: float = 1e-6
     sampled: SampledSpec | None = None  # finite-batch SGD settings for engine = "sampled"
+    save_times: tuple[float, ...] | None = None
+    initial: InitialState | str | None = None
+    store_initial: bool = True
 
     def __post_init__(self):
         check_choice("engine", self.engine, ENGINES)
         check_range("t_end", self.t_end, 0, None, lo_open=True)
+        if self.save_times is not None:
+            times = tuple(map(float, np.ravel(np.asarray(self.save_times, dtype=float))))
+            object.__setattr__(self, "save_times", times)
+            check("save_times", times, len(times) >= 1, "must hold at least one time")
+            check_range("save_times", times, 0, self.t_end, lo_open=True)
+            check("save_times", times, bool(np.all(np.diff(times) > 0)), "must be strictly increasing")
+            check("save_times", times, len(times) < 100_000, "at most 99,999 times")
         check_range("n_save", self.n_save, 2, 100_000, integer=True)
         check_choice("backend", self.backend, ("auto", "torch", "numba"))
         check_range("collapse_tol", self.collapse_tol, 0, 1, lo_open=True, hi_open=True)
@@ -112,16 +141,42 @@ class Simulation:
             rule = self.model.predictor_rule()
             check("model.rule", getattr(rule, "name", rule), rule is None or rule.spectral,
                   "the per-mode engine needs a spectral rule (a function of the eigenvalues of F-hat)")
-            for key in ("p0", "s0"):
+            check("modes.tau0", self.modes.tau0, self.modes.tau0 is None or not self.model.simsiam,
+                  "is not used by method = 'simsiam' (w_a = w)")
+            for key in ("p0", "s0", "tau0"):
                 v = getattr(self.modes, key)
                 if isinstance(v, (list, tuple)):
                     check(f"modes.{key}", v, len(v) == self.model.n2, f"needs one value per mode (n2 = {self.model.n2})")
         check("sampled", self.sampled, self.sampled is None or isinstance(self.sampled, SampledSpec),
               "must be a SampledSpec")
+        if self.initial is not None:
+            init = self.initial
+            if isinstance(init, (str, Path)):
+                init = InitialState.from_file(init)
+            elif isinstance(init, xr.Dataset):
+                init = InitialState.from_dataset(init)
+            check("initial", type(init).__name__, isinstance(init, InitialState),
+                  "must be an InitialState, a result Dataset or a path to a .npz/.nc file")
+            object.__setattr__(self, "initial", init)
+            init.validate(self.engine, self.model.n1, self.model.n2, self.n_runs)
+            if "tau" in init.given():
+                check("initial.tau", "given", not self.model.simsiam, "is not used by method = 'simsiam' (w_a = w)")
+        check("store_initial", self.store_initial, isinstance(self.store_initial, bool), "must be true or false")
 
     @property
     def n_runs(self) -> int:
-        return math.prod(len(v) for v in self.grid.values()) if self.grid else 1
+        """The grid's size; without a grid, the run axis of a per-run initial state (else 1)."""
+        if self.grid:
+            return math.prod(len(v) for v in self.grid.values())
+        if isinstance(self.initial, InitialState):
+            return self.initial.leading_runs(self.engine, self.model.n1, self.model.n2) or 1
+        return 1
+
+    def times(self) -> np.ndarray:
+        """The observation times (S,), t = 0 first."""
+        if self.save_times is None:
+            return np.linspace(0.0, self.t_end, self.n_save)
+        return np.concatenate([[0.0], self.save_times])
 
 
 def _check_value(sim: Simulation, key: str, value) -> None:
@@ -169,7 +224,7 @@ def _run_table(sim: Simulation) -> dict[str, np.ndarray]:
     }
     keys = list(sim.grid)
     axes = [np.asarray(sim.grid[k], dtype=float) for k in keys]
-    R = int(np.prod([len(a) for a in axes])) if keys else 1
+    R = int(np.prod([len(a) for a in axes])) if keys else sim.n_runs
     table = {k: np.full(R, float(v)) for k, v in base.items()}
     # the Cartesian product in itertools.product order (last key fastest), without a Python loop
     for key, col in zip(keys, np.meshgrid(*axes, indexing="ij") if keys else []):
@@ -183,6 +238,8 @@ def _run_table(sim: Simulation) -> dict[str, np.ndarray]:
 
 def _config_json(sim: Simulation) -> str:
     def enc(o):
+        if isinstance(o, InitialState):  # shapes and digests; the values are stored as init_* variables
+            return o.describe()
         if dataclasses.is_dataclass(o):
             return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
         if isinstance(o, np.ndarray):
@@ -275,44 +332,98 @@ def collapse_verdicts(s: np.ndarray, status: np.ndarray, tol: float) -> tuple[np
     return names[code], n_alive
 
 
-def _build_flow(sim: Simulation, table: dict, device):
+def initial_state(sim: Simulation, table: dict) -> dict[str, np.ndarray]:
+    """The state each run starts from, per engine, as float64 arrays with a leading run axis R.
+
+    matrix / sampled: W (R, n2, n1), Wp (R, n2, n2), Wa (R, n2, n1), from :func:`draw_initial_matrices`
+    with the given fields of ``sim.initial`` replacing the draw (W_a = W for ``init.wa = "copy"``).
+    symmetrized: F (R, n2, n2) = W W^T of the draw and Wp (R, n2, n2), or the given ones.
+    modes: p, s (R, k) from ``sim.modes`` or the grid, tau (R, k) from ``modes.tau0`` or
+    ``init.wa``; the given fields of ``sim.initial`` replace them (``on_parabola`` sets s from p).
+    """
     m = sim.model
-    tt = lambda key: torch.as_tensor(table[key], dtype=torch.float64, device=device)  # noqa: E731
-    params = {k: tt(k) for k in ("alpha_p", "eta", "eta_p", "beta", "sigma2")}
     R = len(table["eta"])
-    if sim.engine == "matrix":
-        init = draw_initial_matrices(m, table["seed"], table["w_scale"], table["wp_scale"])
-        return MatrixFlow(m, params, init, device=device)
+    init = sim.initial or InitialState()
+    given = init.given()
+    shape = lambda name: STATE_FIELDS_SHAPES[sim.engine][name](m.n1, m.n2)  # noqa: E731
+    if sim.engine in ("matrix", "sampled"):
+        if all(k in given for k in ("W", "Wp", "Wa")):
+            out = {}
+        else:
+            out = draw_initial_matrices(m, table["seed"], table["w_scale"], table["wp_scale"])
+        for name in ("W", "Wp", "Wa"):
+            if name in given:
+                out[name] = init.per_run(name, R, shape(name))
+        if "W" in given and "Wa" not in given and m.init.wa == "copy":
+            out["Wa"] = out["W"].copy()
+        return out
     if sim.engine == "symmetrized":
-        init = draw_initial_matrices(dataclasses.replace(m, predictor="symmetric"), table["seed"],
-                                     table["w_scale"], table["wp_scale"])
-        W0 = torch.as_tensor(init["W"], device=device)
-        Wp0 = torch.as_tensor(init["Wp"], device=device)
-        params["tau"] = tt("tau")
-        return SymmetrizedFlow(W0 @ W0.mT, Wp0, params)
+        out = {}
+        if "F" not in given or "Wp" not in given:
+            drawn = draw_initial_matrices(dataclasses.replace(m, predictor="symmetric"), table["seed"],
+                                          table["w_scale"], table["wp_scale"])
+            W0 = torch.as_tensor(drawn["W"])
+            out = {"F": (W0 @ W0.mT).numpy(), "Wp": drawn["Wp"]}
+        for name in ("F", "Wp"):
+            if name in given:
+                out[name] = init.per_run(name, R, shape(name))
+        return out
     # modes: lambda per run (sigma2 may be swept) and initial values per run and mode
     k = m.n2
+    lam_s, lam_d = _mode_lambdas(sim, table)
+
+    def per_mode(key, value):
+        if key in sim.grid:
+            return np.repeat(table[key][:, None], k, axis=1)
+        return np.broadcast_to(np.asarray(value, dtype=float), (R, k)).copy()
+
+    p0 = init.per_run("p", R, (k,)) if "p" in given else per_mode("p0", sim.modes.p0)
+    if "s" in given:
+        s0 = init.per_run("s", R, (k,))
+    elif sim.modes.on_parabola:  # w^2 = p^2 / alpha_p, i.e. c = 0 in Theorem 1's invariant
+        s0 = lam_d * p0**2 / table["alpha_p"][:, None]
+        check("modes.p0", "0", bool(np.all(s0 > 0)), "must be non-zero when on_parabola = true")
+    else:
+        s0 = per_mode("s0", sim.modes.s0)
+    if "tau" in given:
+        tau0 = init.per_run("tau", R, (k,))
+    elif sim.modes.tau0 is not None:
+        tau0 = per_mode("tau0", sim.modes.tau0)
+    else:
+        tau0 = np.full((R, k), 0.0 if m.init.wa == "zero" else 1.0)
+    out = {"p": p0, "s": s0}
+    if not m.simsiam:
+        out["tau"] = tau0
+    return out
+
+
+def _mode_lambdas(sim: Simulation, table: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(lambda_s, lambda_d), each (R, k): the per-mode data moments of every run (sigma2 may be swept)."""
+    m = sim.model
+    R, k = len(table["eta"]), m.n2
     lam_s = np.empty((R, k))
     lam_d = np.empty((R, k))
     for s2 in np.unique(table["sigma2"]):
         rows = table["sigma2"] == s2
         ls, ld = m.data.mode_moments(m.n1, k, sigma2=float(s2))
         lam_s[rows], lam_d[rows] = ls, ld
+    return lam_s, lam_d
 
-    def per_mode(key):
-        if key in sim.grid:
-            return np.repeat(table[key][:, None], k, axis=1)
-        v = np.asarray(getattr(sim.modes, key), dtype=float)
-        return np.broadcast_to(v, (R, k)).copy()
 
-    p0, s0 = per_mode("p0"), per_mode("s0")
-    if sim.modes.on_parabola:  # w^2 = p^2 / alpha_p, i.e. c = 0 in Theorem 1's invariant
-        s0 = lam_d * p0**2 / table["alpha_p"][:, None]
-        check("modes.p0", "0", bool(np.all(s0 > 0)), "must be non-zero when on_parabola = true")
-    w0 = np.sqrt(s0 / lam_d)
-    wa0 = np.zeros_like(w0) if m.init.wa == "zero" else w0
+def _build_flow(sim: Simulation, table: dict, init: dict, device):
+    m = sim.model
+    tt = lambda key: torch.as_tensor(table[key], dtype=torch.float64, device=device)  # noqa: E731
+    params = {k: tt(k) for k in ("alpha_p", "eta", "eta_p", "beta", "sigma2")}
     T = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
-    return ModeFlow(m, params, T(lam_s), T(lam_d), T(p0), T(s0), T(wa0))
+    if sim.engine == "matrix":
+        return MatrixFlow(m, params, init, device=device)
+    if sim.engine == "symmetrized":
+        params["tau"] = tt("tau")
+        return SymmetrizedFlow(T(init["F"]), T(init["Wp"]), params)
+    lam_s, lam_d = _mode_lambdas(sim, table)
+    w0 = np.sqrt(init["s"] / lam_d)
+    wa0 = w0 if m.simsiam else init["tau"] * w0
+    return ModeFlow(m, params, T(lam_s), T(lam_d), T(init["p"]), T(init["s"]), T(wa0))
 
 
 def simulate(sim: Simulation, progress: bool = False) -> xr.Dataset:
@@ -328,14 +439,15 @@ def simulate(sim: Simulation, progress: bool = False) -> xr.Dataset:
         return simulate_sampled(sim, progress=progress)
     device = sim.solver.torch_device()
     table = _run_table(sim)
-    flow = _build_flow(sim, table, device)
-    t_save = np.linspace(0.0, sim.t_end, sim.n_save)
-    res, backend = _integrate_system(flow, sim, t_save, progress)
-    return _to_dataset(sim, table, res, backend, source="theory", attrs={"reduced": int(getattr(flow, "reduced", 0))})
+    init = initial_state(sim, table)
+    flow = _build_flow(sim, table, init, device)
+    res, backend = _integrate_system(flow, sim, sim.times(), progress)
+    return _to_dataset(sim, table, res, backend, source="theory", attrs={"reduced": int(getattr(flow, "reduced", 0))},
+                       initial=init)
 
 
 def _to_dataset(sim: Simulation, table: dict, res: IntegrationResult, backend: str, source: str,
-                extra: dict | None = None, attrs: dict | None = None) -> xr.Dataset:
+                extra: dict | None = None, attrs: dict | None = None, initial: dict | None = None) -> xr.Dataset:
     vals = {k: v.numpy() for k, v in res.values.items()}
     contract = {k: v for k, v in vals.items() if k in ("s", "p", "alignment", "tau", "commutator", "balance",
                                                       "asymmetry", "loss", "weight_norm")}
@@ -351,6 +463,9 @@ def _to_dataset(sim: Simulation, table: dict, res: IntegrationResult, backend: s
         if k not in contract:
             extra_vars[k] = (("run", "time") + tuple(f"dim_{k}_{i}" for i in range(v.ndim - 2)), v)
     extra_vars.update(extra or {})
+    if sim.store_initial:
+        for name, arr in (initial or {}).items():
+            extra_vars[stored_name(name)] = (("run",) + STORED_DIMS[name], arr)
     m = sim.model
     method = m.method if m.stop_grad else f"{m.method}-no-stopgrad"
     ds = build_dataset(

@@ -11,15 +11,17 @@ from pathlib import Path
 
 from stopgrad.config import ConfigError, build, load_toml
 
-SIM_TABLES = ("model", "solver", "grid", "modes", "sampled")
+SIM_TABLES = ("model", "solver", "grid", "modes", "sampled", "initial")
 
 
 def simulation_from_dict(doc: dict):
     """Build a validated :class:`Simulation` from a parsed TOML document.
 
     Layout: ``[model]`` (with ``[model.data]``, ``[model.init]``, ``[model.rule]``), ``[simulate]``
-    (engine, t_end, n_save, backend, collapse_tol, tau), ``[solver]``, ``[grid]`` (swept values),
-    ``[modes]`` (per-mode initial state) and ``[sampled]`` (SGD settings).
+    (engine, t_end, n_save, save_times, backend, collapse_tol, tau), ``[solver]``, ``[grid]`` (swept
+    values), ``[modes]`` (per-mode initial state), ``[sampled]`` (SGD settings) and the explicit
+    initial state: ``initial = "state.npz"`` or ``"result.nc"`` under ``[simulate]``, or a table
+    ``[initial]`` of fields with ``.npy`` paths (``W = "W0.npy"``; see stopgrad.dynamics.InitialState).
     """
     from stopgrad.dynamics import Simulation
 
@@ -32,7 +34,7 @@ def simulation_from_dict(doc: dict):
     if not isinstance(top, dict):
         raise ConfigError("simulate", top, "must be a table [simulate]")
     for key in top:
-        if key in SIM_TABLES:
+        if key in SIM_TABLES and not (key == "initial" and isinstance(top[key], str)):
             raise ConfigError(f"simulate.{key}", "...", f"belongs in its own table [{key}]")
     table = dict(top)
     table.update({k: doc[k] for k in SIM_TABLES if k in doc})

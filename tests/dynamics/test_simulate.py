@@ -13,7 +13,7 @@ def test_sweep_is_one_batch_with_swept_coordinates(tmp_path):
     model = LinearModel(n1=8, n2=4, method="byol", beta=0.5)
     sim = Simulation(model=model, t_end=20.0, n_save=5, grid={"eta": [0.0, 0.3], "beta": [0.1, 1.0], "seed": [0, 1, 2]})
     ds = sweep(sim)
-    assert ds.sizes == {"run": 12, "time": 5, "mode": 4}
+    assert {d: ds.sizes[d] for d in ("run", "time", "mode")} == {"run": 12, "time": 5, "mode": 4}
     assert list(ds.eta.values[:6]) == [0.0] * 6 and list(ds.beta.values[:3]) == [0.1] * 3
     assert list(ds.seed.values[:3]) == [0, 1, 2]
     validate_dataset(ds, require=("s", "p", "alignment", "commutator", "balance", "asymmetry", "tau", "loss", "weight_norm"))
