@@ -63,11 +63,11 @@ def _figure_readings(folder: Path, name: str, scores: dict, measured, theory) ->
     for png in sorted((folder / "figures").glob("*.png")):
         stem = png.stem
         rel = f"{name}/figures/{png.name}"
-        if stem.startswith("trajectories-compare_init"):
+        if stem == "trajectories-init":
             text = (f"predicted (lines) against measured (markers) s_j(t), p_j(t) from initialisation: median "
                     f"relative error of s over the top modes {_pct(init.get('s_rel_error_final', np.nan))} at the "
                     f"end, {_pct(init.get('s_rel_error_all', np.nan))} over the run")
-        elif stem.startswith("trajectories-compare_forward"):
+        elif stem == "trajectories-forward":
             text = (f"the same, predicted forward from the measured state at step {theory.attrs.get('start_step')}: "
                     f"{_pct(fwd.get('s_rel_error_final', np.nan))} at the end, "
                     f"{_pct(fwd.get('s_rel_error_all', np.nan))} over the rest of the run")

@@ -157,6 +157,11 @@ def _flow_times(ds: xr.Dataset) -> np.ndarray:
     return steps_to_flow_time(steps, lr, float(ds.attrs.get("sgd_momentum", 0.0)))
 
 
+def _shift_time(ds: xr.Dataset, t0: float) -> xr.Dataset:
+    """The theory run's flow time counted from the start of the measured run (keeps the units)."""
+    return ds.assign_coords(time=("time", ds["time"].values + t0, dict(ds["time"].attrs)))
+
+
 # ------------------------------------------------------------------------------------------------ rung 1
 def _rung1_measured(exp: Experiment, out: Path, data_root, progress: bool):
     from stopgrad.analysis import write_netcdf
@@ -200,7 +205,7 @@ def _rung1_theory(exp: Experiment, out: Path, measured: xr.Dataset, which: str):
     ds = simulate(sim)
     if "run" in ds.dims:
         ds = ds.isel(run=0, drop=True)
-    return ds.assign_coords(time=ds["time"].values + t0).assign_attrs(start_step=k0, start_time=t0)
+    return _shift_time(ds, t0).assign_attrs(start_step=k0, start_time=t0)
 
 
 # ------------------------------------------------------------------------------------------------ rung 2
@@ -253,7 +258,7 @@ def _rung2_theory(exp: Experiment, measured: xr.Dataset, which: str):
     ds = simulate(sim)
     if "run" in ds.dims:
         ds = ds.isel(run=0, drop=True)
-    ds = ds.assign_coords(time=ds["time"].values + t0, mode=view["mode"].values[idx])
+    ds = _shift_time(ds, float(t0)).assign_coords(mode=view["mode"].values[idx])
     return ds.assign_attrs(start_step=k0, start_time=float(t0), sigma2_modes=json.dumps(sigma2.round(6).tolist()))
 
 
@@ -312,13 +317,21 @@ def run_experiment(path: str | Path, out: str | Path, data_root=None, device: st
 
 
 def render_figures(out: Path) -> list[Path]:
-    """Render the gallery from the cached stage files of an experiment folder."""
+    """Render the gallery from the cached stage files of an experiment folder, all in flow time (the
+    measured run through the unit mapping), labelled measured, theory-init, theory-forward, init, forward."""
     from stopgrad.analysis import open_dataset
     from stopgrad.figures import render_gallery
 
-    files = [out / n for n in ("measured.nc", "theory_init.nc", "theory_forward.nc", "compare_init.nc",
-                               "compare_forward.nc") if (out / n).is_file()]
-    return render_gallery([open_dataset(f) for f in files], out / "figures")
+    names = {"measured": "measured.nc", "theory-init": "theory_init.nc", "theory-forward": "theory_forward.nc",
+             "init": "compare_init.nc", "forward": "compare_forward.nc"}
+    datasets = {label: open_dataset(out / f) for label, f in names.items() if (out / f).is_file()}
+    if "measured" in datasets:
+        m = datasets["measured"]
+        datasets["measured"] = m.assign_coords(
+            time=("time", _flow_times(m), {"units": "flow", "steps": "mapped by analysis.steps_to_flow_time"}))
+    comparisons = {k: datasets.pop(k) for k in ("init", "forward") if k in datasets}
+    # the comparisons repeat both runs: they draw the trajectory figures, the runs themselves the rest
+    return render_gallery(comparisons, out / "figures") + render_gallery(datasets, out / "figures")
 
 
 def _jsonable(v):
