@@ -37,6 +37,7 @@ from stopgrad.analysis import (
     OptimizerUnits,
     augmentation_moments,
     build_dataset,
+    moments_standard_error,
     psd_part,
     spectral_quantities,
     to_flow,
@@ -197,6 +198,7 @@ class LinearRun:
         self.X: np.ndarray | None = None
         self.X_prime: np.ndarray | None = None
         self.moment_seconds = math.nan
+        self.moment_se = (math.nan, math.nan)
         self.train_seconds = math.nan
 
     # ------------------------------------------------------------------------------------------ data
@@ -217,6 +219,7 @@ class LinearRun:
             batch = self.images[sel].repeat_interleave(cfg.moment_views, dim=0)
             views[start : start + len(sel)] = self.embed(self.augment(batch, g)).reshape(len(sel), cfg.moment_views, -1).numpy()
         X, X_prime = augmentation_moments(views)
+        self.moment_se = moments_standard_error(views)
         self.X, self.clipped_X = psd_part(X)
         self.X_prime, self.clipped_X_prime = psd_part(X_prime)
         self.moment_seconds = time.perf_counter() - t0
@@ -356,7 +359,8 @@ class LinearRun:
             "predictor": "learned", "seed": cfg.seed, "feature_seed": cfg.feature_seed,
             "moment_images": cfg.moment_images, "moment_views": cfg.moment_views,
             "moment_seconds": self.moment_seconds,
-            "X_negative_mass": self.clipped_X, "X_prime_negative_mass": self.clipped_X_prime, "train_seconds": self.train_seconds,
+            "X_negative_mass": self.clipped_X, "X_prime_negative_mass": self.clipped_X_prime,
+            "X_relative_se": self.moment_se[0], "X_prime_relative_se": self.moment_se[1], "train_seconds": self.train_seconds,
             "weight_decay": single.get("weight_decay", math.nan),
             "predictor_lr": cfg.lr * single.get("predictor_lr_ratio", math.nan),
             "predictor_weight_decay": single.get("predictor_weight_decay", math.nan),
