@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from stopgrad.dynamics import ConfigError, PredictorRule, RuleSpec, check, check_choice, check_range
 
+from .precision import PRECISIONS
+
 __all__ = [
     "ARCHS",
     "AugmentConfig",
@@ -365,7 +367,9 @@ class TrainSpec:
 
     epochs; batch_size (global, over all processes); max_steps: stop after this many optimizer steps
     (0: run all epochs; schedules still span ``epochs``). seed: every random draw derives from it.
-    precision: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``bf16`` or ``fp32``.
+    precision: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``bf16``, ``fp32`` or ``fp64`` (every
+    parameter, buffer, augmented view and loss in float64: CPU reference runs and cross-path tests; see
+    ``ssl_models/precision.py``).
     channels_last (CUDA only), compile (CUDA only: torch.compile of the networks and the augmentation;
     compile_mode passed through).
     checkpoint_every: epochs between checkpoints (0: only at exit). log_every: steps between progress
@@ -394,7 +398,7 @@ class TrainSpec:
         check_range("batch_size", self.batch_size, 2, None, integer=True)
         check_range("max_steps", self.max_steps, 0, None, integer=True)
         check_range("seed", self.seed, 0, 2**62, integer=True)
-        check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
+        check_choice("precision", self.precision, PRECISIONS)
         check_choice("compile_mode", self.compile_mode,
                      ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
         check_range("checkpoint_every", self.checkpoint_every, 0, None, integer=True)

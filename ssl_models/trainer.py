@@ -46,6 +46,7 @@ from .evaluation import knn_monitor
 from .methods import build_method
 from .momentum import deactivate_requires_grad
 from .optim import LRSchedule, build_optimizer
+from .precision import param_dtype
 from .probes import SpectralProbe
 
 __all__ = ["TrainResult", "Trainer", "convert_batchnorm", "train"]
@@ -209,9 +210,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         prec = cfg.train.precision
         self.amp_dtype = torch.bfloat16 if (prec == "bf16" or (prec == "auto" and dev.type == "cuda")) else None
-        torch.manual_seed(cfg.train.seed)
+        self.param_dtype = param_dtype(prec)  # float64 with train.precision = "fp64", else float32
+        torch.manual_seed(cfg.train.seed)  # the init is drawn in float32 whatever the precision (same start)
         method = convert_batchnorm(build_method(cfg), cfg, self.world, dev.type)
-        method.to(dev)
+        method.to(dev, dtype=self.param_dtype)  # parameters and floating buffers (BN statistics, queue)
         # channels_last only on CUDA: on the CPU, torch's channels_last BatchNorm backward loses precision
         # (0.7% gradient error measured on a small convnet against float64; contiguous: 1e-5).
         self.channels_last = cfg.train.channels_last and dev.type == "cuda"
@@ -231,10 +233,11 @@ class Trainer:
         self.eval_data = replace(data, train_images=self.train_images, test_images=data.test_images.to(dev),
                                  bank_images=self.train_images if shared_bank else data.bank_images.to(dev),
                                  bank_labels=data.bank_labels)
-        out_dtype = self.amp_dtype if (self.amp_dtype is not None and dev.type == "cuda") else torch.float32
+        out_dtype = self.amp_dtype if (self.amp_dtype is not None and dev.type == "cuda") else self.param_dtype
         self.augment = GPUAugment(cfg.augment, data.image_size, data.mean, data.std, out_dtype=out_dtype,
                                   channels_last=self.channels_last)
-        self.eval_transform = EvalTransform(self.augment.size, data.mean, data.std, channels_last=self.channels_last)
+        self.eval_transform = EvalTransform(self.augment.size, data.mean, data.std, out_dtype=self.param_dtype,
+                                            channels_last=self.channels_last)
         self.aug_gen = torch.Generator(device=dev)
         self.aug_gen.manual_seed(cfg.train.seed * 1_000_003 + 1)
         self.probe = SpectralProbe(cfg.probe, self.steps_per_epoch, has_rule_fhat=method.fhat is not None,
