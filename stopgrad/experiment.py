@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,11 +150,15 @@ def _flow_of(ds: xr.Dataset) -> dict:
 
 
 def _flow_times(ds: xr.Dataset) -> np.ndarray:
-    """Flow time of each measured step through the unit mapping (the recorded lr schedule)."""
+    """Flow time of each measured step through the unit mapping (the recorded lr schedule). A record
+    without an lr (a kNN-only record at the last step) takes the previous record's lr."""
     from stopgrad.analysis import steps_to_flow_time
 
     steps = ds["time"].values.astype(float)
-    lr = ds["lr"].values if "lr" in ds else np.full(steps.shape, float(ds.attrs["lr"]))
+    lr = ds["lr"].values.astype(float) if "lr" in ds else np.full(steps.shape, float(ds.attrs["lr"]))
+    for i in range(1, lr.size):
+        if not np.isfinite(lr[i]):
+            lr[i] = lr[i - 1]
     return steps_to_flow_time(steps, lr, float(ds.attrs.get("sgd_momentum", 0.0)))
 
 
@@ -219,6 +224,8 @@ def _rung2_measured(exp: Experiment, out: Path, data_root, device: str, progress
     if not cfg.probe.cross_view:
         raise ConfigError("probe.cross_view", False, "rung 2 needs the cross-view probe (set it to true)")
     cfg = replace(cfg, train=replace(cfg.train, progress=progress))
+    if (out / "train").is_dir():  # this stage's own earlier run (another config, or --force): redo it
+        shutil.rmtree(out / "train")
     Trainer(cfg, out / "train", data_root=data_root, device=device).run()
     ds = open_dataset(out / "train" / "metrics.nc")
     k0 = int(ds["time"].values[int(round(exp.spec.forward_from * (ds.sizes["time"] - 1)))])
@@ -234,7 +241,7 @@ def _rung2_theory(exp: Experiment, measured: xr.Dataset, which: str):
     view = measured_as_theory(measured)
     k0 = int(measured.attrs["forward_step"]) if which == "forward" else int(view["time"].values[0])
     flow = _flow_of(measured)
-    t_all = _flow_times(measured)
+    t_all = _flow_times(view)
     i0 = int(np.searchsorted(view["time"].values, k0))
     at = view.isel(time=i0)
     s_cross = at["s"].values
@@ -260,6 +267,42 @@ def _rung2_theory(exp: Experiment, measured: xr.Dataset, which: str):
         ds = ds.isel(run=0, drop=True)
     ds = _shift_time(ds, float(t0)).assign_coords(mode=view["mode"].values[idx])
     return ds.assign_attrs(start_step=k0, start_time=float(t0), sigma2_modes=json.dumps(sigma2.round(6).tolist()))
+
+
+def network_statements(measured: xr.Dataset, theory: xr.Dataset, collapse_tol: float) -> dict:
+    """Rung 2's qualitative statements, measured (numbers for the report, good or bad).
+
+    * alignment rises: the median alignment of the top 8 and top 32 modes at the first and last probe;
+    * W_p becomes symmetric: the asymmetry ||W_p - W_p^T|| / ||W_p|| at the first and last probe;
+    * modes that end below the basin edge die: each mode's edge p*_-(eta, tau_j, lambda_s,j) (§3.4 with
+      lambda_d = 1, lambda_s = 1 + sigma_j^2 from the theory run) against its last measured p_j; a mode below
+      its edge (or with eta above its eta_c) is predicted to die; it has died when s_cross_j(T) <
+      collapse_tol max s_cross(0). Reported as the counts of the 2 x 2 table.
+    """
+    from stopgrad.dynamics import closed_forms
+
+    view = measured_as_theory(measured)
+    first, last = view.isel(time=0), view.isel(time=-1)
+    out: dict = {}
+    for k in (8, 32):
+        for name, row in (("first", first), ("last", last)):
+            out[f"alignment_top{k}_{name}"] = float(np.nanmedian(row["alignment"].values[:k]))
+    a = view["asymmetry"].values
+    out["asymmetry_first"], out["asymmetry_last"] = float(a[0]), float(a[-1])
+    sigma2 = np.array(json.loads(theory.attrs["sigma2_modes"]))
+    modes = theory["mode"].values
+    eta = _flow_of(measured)["eta"]
+    tau = last["tau"].values[modes] if "tau" in last else np.ones(modes.size)
+    tau = np.where(np.isfinite(tau), tau, 1.0)
+    edge = closed_forms.basin_edge(eta, tau, lam_s=1.0 + sigma2, lam_d=1.0)
+    p_end = last["p"].values[modes]
+    below = ~(p_end > edge)  # NaN p (a collapsed direction) counts as below
+    s_end = np.nan_to_num(last["s"].values[modes], nan=0.0)
+    died = s_end < collapse_tol * np.nanmax(first["s"].values)
+    out["basin_table"] = {"below_edge_died": int((below & died).sum()), "below_edge_survived": int((below & ~died).sum()),
+                          "above_edge_died": int((~below & died).sum()), "above_edge_survived": int((~below & ~died).sum())}
+    out["basin_agreement"] = float(np.mean(below == died))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
@@ -310,6 +353,9 @@ def run_experiment(path: str | Path, out: str | Path, data_root=None, device: st
         (out / f"compare_{which}.txt").write_text(table + "\n")
         _say(progress, f"\ncomparison ({which}, from step {theory.attrs['start_step']}):\n{table}")
         summary["scores"][which] = comparison_scores(cmp)
+    if exp.spec.rung == 2:
+        summary["statements"] = network_statements(measured, open_dataset(out / "theory_init.nc"),
+                                                   exp.spec.collapse_tol)
     summary["timings_seconds"] = timings
     render_figures(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))

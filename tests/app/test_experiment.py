@@ -59,7 +59,7 @@ last_bias = true
 
 [predictor]
 kind = "linear"
-init = "identity"
+init = "default"
 
 [data]
 name = "synthetic"
