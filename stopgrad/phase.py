@@ -70,35 +70,22 @@ def _flow_grid(cfg, x: str, y: str) -> dict:
     return grid
 
 
-def run_phase_diagram(path: str | Path, out: str | Path, data_root=None, force: bool = False,
-                      progress: bool = True) -> dict:
-    """Train the grid of ``path``'s [phase] table, integrate the theory sweep, and write the verdicts."""
+def _stamp(out: Path) -> dict:
+    stamp = out / "stages.json"
+    return json.loads(stamp.read_text()) if stamp.is_file() else {}
+
+
+def _rung1_grid(exp, x: str, y: str, out: Path, data_root, force: bool, progress: bool):
+    """Rung 1: one batched LinearRun over the grid and one batched theory sweep.
+
+    Returns (s_measured, s_predicted, coords, eta_c, t_end): s arrays (run, time, mode)."""
     from stopgrad.analysis import open_dataset, write_netcdf
     from stopgrad.dynamics import DataSpec, InitialState, LinearModel, Simulation, Solver, simulate
-    from stopgrad.figures import phase_diagram_measured, save_figure
     from stopgrad.ssl_models import DataConfig, LinearRun, load_image_data
 
-    from .experiment import load_experiment
-
-    path, out = Path(path), Path(out)
-    exp = load_experiment(path)
-    phase = exp.phase
-    check("phase", phase, isinstance(phase, dict), "missing table [phase] (x, y and their values)")
-    x, y = phase.get("x"), phase.get("y")
-    for key, v in (("phase.x", x), ("phase.y", y)):
-        check(key, v, v in FLOW_NAME, f"must be one of {', '.join(FLOW_NAME)}")
-        check(f"phase.{v}", phase.get(v), isinstance(phase.get(v), list) and len(phase[v]) > 0,
-              "must be a non-empty list of values")
-    extra = [k for k in phase if k not in ("x", "y", x, y)]
-    check(f"phase.{extra[0]}" if extra else "phase", None, not extra, "unknown key in [phase]")
-    check("experiment.rung", exp.spec.rung, exp.spec.rung == 1, "the batched phase grid is built for rung 1")
-    cfg = dataclasses.replace(exp.run, grid={x: phase[x], y: phase[y]})
-    out.mkdir(parents=True, exist_ok=True)
-    key = exp.key
-    stamp = out / "stages.json"
-    done = json.loads(stamp.read_text()) if stamp.is_file() else {}
-    t0 = time.perf_counter()
-    if not force and done.get("measured") == key and (out / "measured.nc").is_file():
+    cfg = dataclasses.replace(exp.run, grid={x: exp.phase[x], y: exp.phase[y]})
+    done = _stamp(out)
+    if not force and done.get("measured") == exp.key and (out / "measured.nc").is_file():
         measured = open_dataset(out / "measured.nc")
         st = np.load(out / "state.npz")
         X, Xp, init = st["X"], st["X_prime"], {k: st[k] for k in ("W", "Wp", "Wa")}
@@ -113,10 +100,8 @@ def run_phase_diagram(path: str | Path, out: str | Path, data_root=None, force: 
         X, Xp = run.X, run.X_prime
         init = {k: v.numpy() for k, v in run.init.items()}
         np.savez(out / "state.npz", X=X, X_prime=Xp, **init)
-        done["measured"] = key
-    t_measured = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if not force and done.get("theory") == key and (out / "theory.nc").is_file():
+        done["measured"] = exp.key
+    if not force and done.get("theory") == exp.key and (out / "theory.nc").is_file():
         theory = open_dataset(out / "theory.nc")
     else:
         base = cfg.run_table()
@@ -124,7 +109,7 @@ def run_phase_diagram(path: str | Path, out: str | Path, data_root=None, force: 
                             beta=(1.0 - float(base["ema_momentum"][0])) / cfg.lr if cfg.method == "byol" else None,
                             alpha_p=float(base["predictor_lr_ratio"][0]), eta=float(base["weight_decay"][0]),
                             predictor="learned", data=DataSpec(kind="general", X=X, X_prime=Xp))
-        times = cfg.lr * measured["time"].values.astype(float)
+        times = cfg.lr * measured["time"].values.astype(float)  # constant lr, no momentum: t = lr * step
         sim = Simulation(model=model, engine="matrix", t_end=float(times[-1]), save_times=tuple(times[1:]),
                          grid=_flow_grid(cfg, x, y), solver=Solver(method=exp.spec.solver, rtol=exp.spec.rtol,
                                                                    atol=exp.spec.atol),
@@ -134,45 +119,128 @@ def run_phase_diagram(path: str | Path, out: str | Path, data_root=None, force: 
             print(f"phase: theory sweep of {sim.n_runs} matrix flows", flush=True)
         theory = simulate(sim)
         write_netcdf(theory, out / "theory.nc")
-        done["theory"] = key
-    stamp.write_text(json.dumps(done, indent=1))
-    t_theory = time.perf_counter() - t0
+        done["theory"] = exp.key
+    (out / "stages.json").write_text(json.dumps(done, indent=1))
+    coords = {x: measured[x].values, y: measured[y].values}
+    eta_c = eta_critical_modes(X, Xp)[: cfg.n2]
+    return measured["s"].values, theory["s"].values, coords, eta_c, float(cfg.lr * cfg.steps)
+
+
+#: rung 2's grid keys in the train config
+TRAIN_KEYS = {"weight_decay": ("optim", "weight_decay"), "ema_momentum": ("method", "momentum"),
+              "predictor_lr_ratio": ("optim", "predictor_lr_ratio")}
+
+
+def _rung2_grid(exp, x: str, y: str, out: Path, data_root, force: bool, progress: bool):
+    """Rung 2: one short network run per grid point, in one job (each run already uses every core: parallel
+    runs would share the same two cores), and the per-mode theory of each from its measured step-0 state.
+
+    Returns (s_measured, s_predicted, coords, eta_c, t_end) as :func:`_rung1_grid`; s on the modes that
+    the theory follows (the others count as dead in both worlds)."""
+    import itertools
+
+    from stopgrad.analysis import open_dataset, write_netcdf
+
+    from .experiment import Experiment, _rung2_measured, _rung2_theory, measured_as_theory
+
+    pairs = list(itertools.product(exp.phase[x], exp.phase[y]))
+    s_meas, s_pred, eta_c, t_end = [], [], [], math.nan
+    for r, (vx, vy) in enumerate(pairs):
+        cfg = exp.run
+        for key, val in ((x, vx), (y, vy)):
+            table, field = TRAIN_KEYS[key]
+            cfg = dataclasses.replace(cfg, **{table: dataclasses.replace(getattr(cfg, table), **{field: float(val)})})
+        folder = out / f"run{r:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        key = f"{exp.key}-{x}={vx}-{y}={vy}"
+        done = _stamp(folder)
+        one = Experiment(exp.spec, cfg, exp.text + f"\n# phase point {x} = {vx}, {y} = {vy}\n")
+        if not force and done.get("measured") == key and (folder / "measured.nc").is_file():
+            measured = open_dataset(folder / "measured.nc")
+        else:
+            if progress:
+                print(f"phase: run {r + 1}/{len(pairs)}: {x} = {vx}, {y} = {vy}", flush=True)
+            measured = _rung2_measured(one, folder, data_root, "cpu", progress=False)
+            done["measured"] = key
+            (folder / "stages.json").write_text(json.dumps(done))
+        theory = _rung2_theory(one, measured, "init")
+        write_netcdf(theory, folder / "theory_init.nc")
+        view = measured_as_theory(measured)
+        full = np.zeros((view.sizes["time"], view.sizes["mode"]))
+        pred = np.zeros((2, view.sizes["mode"]))
+        modes = theory["mode"].values
+        full[:, :] = np.nan_to_num(view["s"].values, nan=0.0)
+        pred[0, modes] = theory["s"].values[0]
+        pred[1, modes] = theory["s"].values[-1]
+        s_meas.append(full[[0, -1]])
+        s_pred.append(pred)
+        sigma2 = np.array(json.loads(theory.attrs["sigma2_modes"]))
+        eta_c.append(float(np.max(1.0 / (4.0 * (1.0 + sigma2)))))  # tau = 1, lambda_d = 1 (§3.7)
+        t_end = float(theory["time"].values[-1])
+    coords = {x: np.array([p[0] for p in pairs], float), y: np.array([p[1] for p in pairs], float)}
+    return np.stack(s_meas), np.stack(s_pred), coords, np.array([np.median(eta_c)]), t_end
+
+
+def run_phase_diagram(path: str | Path, out: str | Path, data_root=None, force: bool = False,
+                      progress: bool = True) -> dict:
+    """Train the grid of ``path``'s [phase] table, integrate the matched theory, and write the verdicts."""
+    from stopgrad.analysis import write_netcdf
+    from stopgrad.figures import phase_diagram_measured, save_figure
+
+    from .experiment import load_experiment
+
+    path, out = Path(path), Path(out)
+    exp = load_experiment(path)
+    phase = exp.phase
+    check("phase", phase, isinstance(phase, dict), "missing table [phase] (x, y and their values)")
+    x, y = phase.get("x"), phase.get("y")
+    for key, v in (("phase.x", x), ("phase.y", y)):
+        check(key, v, v in FLOW_NAME, f"must be one of {', '.join(FLOW_NAME)}")
+        check(f"phase.{v}", phase.get(v), isinstance(phase.get(v), list) and len(phase[v]) > 0,
+              "must be a non-empty list of values")
+    check("phase.x", x, x == "weight_decay", "the diagrams put weight_decay on the x axis (the boundary is in eta)")
+    extra = [k for k in phase if k not in ("x", "y", x, y)]
+    check(f"phase.{extra[0]}" if extra else "phase", None, not extra, "unknown key in [phase]")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    grid = _rung1_grid if exp.spec.rung == 1 else _rung2_grid
+    s_meas, s_pred, coords, eta_c, t_end = grid(exp, x, y, out, data_root, force, progress)
+    seconds = time.perf_counter() - t0
 
     tol = exp.spec.collapse_tol
-    n_meas = phase_verdicts(measured["s"].values, tol)
-    n_pred = phase_verdicts(theory["s"].values, tol)
-    eta_c = eta_critical_modes(X, Xp)[: cfg.n2]
-    xs, ys = measured[x].values, measured[y].values
-    xb = np.full(2, eta_c[0]) if x == "weight_decay" else np.array([min(xs), max(xs)])
-    yb = np.array([min(ys), max(ys)]) if x == "weight_decay" else np.full(2, eta_c[0])
+    n_meas = phase_verdicts(s_meas, tol)
+    n_pred = phase_verdicts(s_pred, tol)
+    xs, ys = coords[x], coords[y]
     ds = xr.Dataset(
         {
             "collapsed_measured": ("run", (n_meas == 0).astype(np.int8)),
             "collapsed_predicted": ("run", (n_pred == 0).astype(np.int8)),
             "n_alive_measured": ("run", n_meas.astype(np.int64)),
             "n_alive_predicted": ("run", n_pred.astype(np.int64)),
-            "n_alive_analytic": ("run", np.array([int((eta_c > e).sum()) for e in measured["weight_decay"].values])
-                                 if "weight_decay" in measured.coords else np.full(len(xs), int((eta_c > cfg.weight_decay).sum()))),
-            "boundary_x": ("boundary_point", xb), "boundary_y": ("boundary_point", yb),
+            "n_alive_analytic": ("run", np.array([int((eta_c > e).sum()) for e in xs])),
+            "boundary_x": ("boundary_point", np.full(2, eta_c[0])),
+            "boundary_y": ("boundary_point", np.array([min(ys), max(ys)], float)),
             "eta_critical": ("critical_mode", eta_c),
         },
-        coords={x: ("run", xs), y: ("run", ys), "run": measured["run"].values},
-        attrs={"source": "phase", "x": x, "y": y, "method": cfg.method, "rung": 1, "collapse_tol": tol,
-               "t_end": float(cfg.lr * cfg.steps), "config": exp.text,
-               "boundary": "eta_c of the top mode along X's eigenvectors (tau = 1, t -> inf)"},
+        coords={x: ("run", xs), y: ("run", ys), "run": np.arange(xs.size)},
+        attrs={"source": "phase", "x": x, "y": y, "method": str(getattr(exp.run, "method", "")) if exp.spec.rung == 1
+               else exp.run.method.name, "rung": exp.spec.rung, "collapse_tol": tol, "t_end": t_end,
+               "config": exp.text,
+               "boundary": ("eta_c of the top mode along X's eigenvectors (tau = 1, t -> inf)" if exp.spec.rung == 1
+                            else "median over runs of max_j 1 / (4 (1 + sigma_j^2)) (tau = 1, lambda_d = 1, t -> inf)")},
     )
     agree_collapse = float(np.mean(ds["collapsed_measured"].values == ds["collapsed_predicted"].values))
     agree_alive = float(np.mean(n_meas == n_pred))
     within_one = float(np.mean(np.abs(n_meas - n_pred) <= 1))
     ds.attrs.update(agreement_collapse=agree_collapse, agreement_n_alive=agree_alive, agreement_n_alive_pm1=within_one)
     write_netcdf(ds, out / "phase.nc")
-    fig = phase_diagram_measured(ds)
-    save_figure(fig, out / "phase")
-    summary = {"runs": int(cfg.n_runs), "x": x, "y": y, "agreement_collapse_percent": 100 * agree_collapse,
-               "agreement_n_alive_percent": 100 * agree_alive, "agreement_n_alive_within_1_percent": 100 * within_one,
-               "eta_critical_top": float(eta_c[0]), "seconds_measured": t_measured, "seconds_theory": t_theory}
+    save_figure(phase_diagram_measured(ds), out / "phase")
+    summary = {"rung": exp.spec.rung, "runs": int(xs.size), "x": x, "y": y,
+               "agreement_collapse_percent": 100 * agree_collapse, "agreement_n_alive_percent": 100 * agree_alive,
+               "agreement_n_alive_within_1_percent": 100 * within_one, "eta_critical_top": float(eta_c[0]),
+               "n_alive_measured": n_meas.tolist(), "n_alive_predicted": n_pred.tolist(), "seconds": seconds}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if progress:
-        print(f"phase ({x} x {y}, {cfg.n_runs} runs): collapse verdicts agree at {100 * agree_collapse:.1f} %, "
+        print(f"phase ({x} x {y}, {xs.size} runs): collapse verdicts agree at {100 * agree_collapse:.1f} %, "
               f"surviving-mode counts equal at {100 * agree_alive:.1f} % (within one: {100 * within_one:.1f} %)")
     return summary
