@@ -118,6 +118,65 @@ def _experiment_section(report: list[str], out: Path, name: str, config: str, ov
     return summary
 
 
+#: the ablations and predictor rules of the gallery, as overrides of the rung-2 SimSiam run (short: collapse
+#: shows early); each is one real training run of the small convnet
+ABLATIONS = (
+    ("simsiam", {}),
+    ("no-stop-gradient", {"method": {"stop_gradient": False}}),
+    ("no-predictor", {"predictor": {"kind": "none"}}),
+    ("byol-no-ema", {"method": {"name": "byol", "ema": False}}),
+    ("directpred", {"predictor": {"kind": "linear", "rule": {"name": "directpred"}}}),
+    ("directcopy", {"predictor": {"kind": "linear", "rule": {"name": "directcopy"}}}),
+)
+ABLATION_STEPS = 48
+
+
+def _ablation_section(report: list[str], out: Path, progress: bool) -> dict:
+    """Short rung-2 runs of the ablations and the DirectPred/DirectCopy rules; the collapse-metrics and
+    predictor-rules figures of the gallery; returns the final std_l2 and effective rank of each."""
+    from stopgrad.analysis import open_dataset
+    from stopgrad.figures import collapse_metrics, predictor_rules, save_figure
+    from stopgrad.ssl_models import Trainer, config_to_dict
+
+    from .config import build
+    from .experiment import load_experiment
+
+    base = load_experiment(configs_dir() / "experiment-rung2-simsiam.toml").run
+    runs, finals = {}, {}
+    for name, over in ABLATIONS:
+        t = config_to_dict(base)
+        for section, values in over.items():
+            t[section].update(values)
+        t["train"].update(max_steps=ABLATION_STEPS, progress=False)
+        folder = out / "ablations" / name
+        if not (folder / "metrics.nc").is_file():
+            if progress:
+                print(f"demo: training the ablation {name} ({ABLATION_STEPS} steps)", flush=True)
+            Trainer(build(type(base), t), folder, device="cpu").run()
+        ds = open_dataset(folder / "metrics.nc")
+        runs[name] = ds
+        v = ds["std_l2"].values[np.isfinite(ds["std_l2"].values)]
+        r = ds["effective_rank"].values[np.isfinite(ds["effective_rank"].values)]
+        finals[name] = (float(v[-1]), float(r[-1]))
+    save_figure(collapse_metrics({k: runs[k] for k in ("simsiam", "no-stop-gradient", "no-predictor", "byol-no-ema")}),
+                out / "collapse-metrics")
+    save_figure(predictor_rules({k: runs[k] for k in ("simsiam", "directpred", "directcopy")}), out / "predictor-rules")
+    d = int(runs["simsiam"].sizes["mode"]) if "mode" in runs["simsiam"].dims else 0
+    report.append("![collapse-metrics](collapse-metrics.png)")
+    report.append("Reading: std of l2-normalised outputs / effective rank after " + str(ABLATION_STEPS) + " steps: "
+                  + ", ".join(f"{k} {a:.3f} / {b:.1f}" for k, (a, b) in finals.items() if k in
+                              ("simsiam", "no-stop-gradient", "no-predictor", "byol-no-ema"))
+                  + (f" (1/sqrt(d) = {1 / np.sqrt(d):.3f} for uncollapsed outputs; collapse drives both to 0 and 1)."
+                     if d else "."))
+    report.append("")
+    report.append("![predictor-rules](predictor-rules.png)")
+    report.append("Reading: DirectPred and DirectCopy (W_p set from F-hat) against a learned linear predictor: "
+                  + ", ".join(f"{k} std {a:.3f}, effective rank {b:.1f}" for k, (a, b) in finals.items()
+                              if k in ("simsiam", "directpred", "directcopy")) + ".")
+    report.append("")
+    return finals
+
+
 def run_demo(out: Path, seed: int = 0, checks: bool = True, progress: bool = False, experiments: bool = True,
              full: bool = False) -> Path:
     """Run the demo into ``out``; returns the path of report.md. ``experiments``: sections 5-7 (real
@@ -245,6 +304,9 @@ def run_demo(out: Path, seed: int = 0, checks: bool = True, progress: bool = Fal
                               f"{_pct(s2['scores']['forward']['collapse_agreement'])}")
             _line(report, f"Finding: {findings[name]}.")
             report.append("")
+        _line(report, "## 7. Ablations and predictor rules (rung 2, short runs)")
+        report.append("")
+        _ablation_section(report, out, progress)
     if full:
         name, config, over = FULL_EXPERIMENT
         _line(report, "## 8. Rung 3: the ResNet-18 recipe (GPU)")
