@@ -205,7 +205,11 @@ def predictor_rules(datasets, run: int = 0, title: str | None = None):
             if name == "spectrum":
                 if "s" not in ds:
                     continue
-                s = ds["s"].isel(time=-1).values.astype(float)
+                spectra = ds["s"].values.astype(float)
+                rows = np.flatnonzero(np.isfinite(spectra).any(axis=-1))
+                if rows.size == 0:
+                    continue
+                s = spectra[rows[-1]]  # the last probe with a spectrum (a kNN-only record has none)
                 ax.plot(np.arange(s.size), np.clip(s / np.nanmax(s), 1e-12, None), color=colors[lab], lw=1.3,
                         marker=".", ms=3)
             elif name in ds:

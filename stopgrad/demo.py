@@ -124,6 +124,7 @@ ABLATIONS = (
     ("simsiam", {}),
     ("no-stop-gradient", {"method": {"stop_gradient": False}}),
     ("no-predictor", {"predictor": {"kind": "none"}}),
+    ("byol", {"method": {"name": "byol", "momentum": 0.99, "momentum_schedule": "constant"}}),
     ("byol-no-ema", {"method": {"name": "byol", "ema": False}}),
     ("directpred", {"predictor": {"kind": "linear", "rule": {"name": "directpred"}}}),
     ("directcopy", {"predictor": {"kind": "linear", "rule": {"name": "directcopy"}}}),
@@ -158,16 +159,18 @@ def _ablation_section(report: list[str], out: Path, progress: bool) -> dict:
         v = ds["std_l2"].values[np.isfinite(ds["std_l2"].values)]
         r = ds["effective_rank"].values[np.isfinite(ds["effective_rank"].values)]
         finals[name] = (float(v[-1]), float(r[-1]))
-    save_figure(collapse_metrics({k: runs[k] for k in ("simsiam", "no-stop-gradient", "no-predictor", "byol-no-ema")}),
+    ablations = ("simsiam", "no-stop-gradient", "no-predictor", "byol", "byol-no-ema")
+    save_figure(collapse_metrics({k: runs[k] for k in ablations}),
                 out / "collapse-metrics")
     save_figure(predictor_rules({k: runs[k] for k in ("simsiam", "directpred", "directcopy")}), out / "predictor-rules")
     d = int(runs["simsiam"].sizes["mode"]) if "mode" in runs["simsiam"].dims else 0
     report.append("![collapse-metrics](collapse-metrics.png)")
     report.append("Reading: std of l2-normalised outputs / effective rank after " + str(ABLATION_STEPS) + " steps: "
-                  + ", ".join(f"{k} {a:.3f} / {b:.1f}" for k, (a, b) in finals.items() if k in
-                              ("simsiam", "no-stop-gradient", "no-predictor", "byol-no-ema"))
+                  + ", ".join(f"{k} {a:.3f} / {b:.1f}" for k, (a, b) in finals.items() if k in ablations)
                   + (f" (1/sqrt(d) = {1 / np.sqrt(d):.3f} for uncollapsed outputs; collapse drives both to 0 and 1)."
-                     if d else "."))
+                     if d else ".")
+                  + (" BYOL without EMA ends exactly where SimSiam does (the same loss and targets, the same seed)."
+                     if finals["byol-no-ema"] == finals["simsiam"] else ""))
     report.append("")
     report.append("![predictor-rules](predictor-rules.png)")
     report.append("Reading: DirectPred and DirectCopy (W_p set from F-hat) against a learned linear predictor: "
