@@ -595,7 +595,7 @@ def _bad(tmp_path, capsys, monkeypatch, toml_text, extra=(), root=None):
 
 
 def test_bad_inputs_get_one_clear_line(tmp_path, capsys, monkeypatch, data_root):
-    good = TINY.format(method="simsiam", train=512, epochs=1, batch=64, splits=1, knn_every=1)
+    good = TINY.format(method="simsiam", train=512, epochs=1, batch=64, splits=1, knn_every=1, precision="auto")
     err = _bad(tmp_path, capsys, monkeypatch, good.replace('name = "simsiam"', 'name = "simsiamm"'), root=data_root)
     assert "method.name = 'simsiamm': must be one of 'simsiam', 'byol'" in err
     err = _bad(tmp_path, capsys, monkeypatch, good)
