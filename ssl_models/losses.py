@@ -1,4 +1,5 @@
-"""Losses, computed in fp32 whatever the autocast state (pytorch/pytorch#69512: fp16 cosine can be 0).
+"""Losses, computed in at least fp32 whatever the autocast state (pytorch/pytorch#69512: fp16 cosine can
+be 0); float64 inputs stay float64.
 
 * :func:`negative_cosine` -- SimSiam/BYOL regression loss, -cos(p, z) averaged over the batch, in [-1, 1].
 * :func:`nt_xent` -- SimCLR's NT-Xent over 2N views (optionally with negatives gathered from all processes).
@@ -16,7 +17,8 @@ __all__ = ["info_nce", "negative_cosine", "nt_xent"]
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.float()
+    """``x`` in fp32 when it is in a lower precision (fp16, bf16 under autocast); float64 is kept."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor, reduce: bool = True) -> torch.Tensor:
