@@ -50,3 +50,17 @@ def test_contract_datasets_pass_validation(ds):
     """build_dataset's output satisfies the data contract (validate_dataset raises nothing)."""
     validate_dataset(ds)
     assert ds.attrs["source"] in ("theory", "sampled", "measured")
+
+
+def test_without_hypothesis_the_import_fails_with_the_install_hint():
+    """Hypothesis is an optional dependency of stopgrad.testing only: importing stopgrad and its
+    packages never needs it, and importing stopgrad.testing without it says how to install it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['hypothesis'] = None\n"
+            "import stopgrad, stopgrad.dynamics, stopgrad.analysis, stopgrad.cli\n"
+            "try:\n    import stopgrad.testing\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'stopgrad[testing]'" in out.stdout
