@@ -546,7 +546,11 @@ def _toml_value(v) -> str:
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        # a TOML basic string in ASCII: JSON's escapes are TOML's, but JSON writes characters beyond the
+        # BMP as surrogate pairs (not Unicode scalar values: TOML rejects them) and leaves DEL unescaped
+        text = json.dumps(v, ensure_ascii=False)
+        return "".join(c if ord(c) < 0x7F else f"\\u{ord(c):04X}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08X}"
+                       for c in text)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
