@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._checks import ConfigError, check, check_choice, check_psd, check_range
+from ._checks import ConfigError, check, check_choice, check_psd, check_range, check_seed
 from .predictor_rules import PredictorRule, make_rule
 
 __all__ = ["DataSpec", "InitSpec", "LinearModel", "RuleSpec"]
@@ -93,7 +93,7 @@ class InitSpec:
         check_choice("wp", self.wp, ("random", "symmetric", "identity", "zero"))
         check_range("wp_scale", self.wp_scale, 0, None)
         check_choice("wa", self.wa, ("zero", "copy", "random"))
-        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        check_seed("seed", self.seed)
 
 
 @dataclass(frozen=True)
