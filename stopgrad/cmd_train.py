@@ -51,11 +51,28 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None):
     return build(TrainConfig, table)
 
 
+def _plan(cfg, args, device: str) -> str:
+    """One line saying what is about to run (a truncated but valid config shows here what it does)."""
+    t = cfg.train
+    steps = f", at most {t.max_steps} steps" if t.max_steps else ""
+    data = cfg.data.name + (f"[:{cfg.data.train_subset}]" if cfg.data.train_subset else "")
+    return (f"stopgrad: train {cfg.method.name}, {cfg.encoder.arch} on {data}, {t.epochs} epoch(s) of batch "
+            f"{t.batch_size}{steps}, {cfg.optim.name} lr {cfg.effective_lr:g}, seed {t.seed}, device {device}"
+            f"{' (resume)' if args.resume else ''} -> {args.out}")
+
+
 def _train(args: argparse.Namespace) -> int:
     from stopgrad.ssl_models import Trainer
 
+    from .guards import check_device, check_fits, check_output, train_memory
+
     cfg = load_train_config(args.config, args.set)
-    trainer = Trainer(cfg, args.out, data_root=args.data_root, device=args.device, resume=args.resume)
+    check_output(args.out, inputs=[args.config], kind="dir")
+    device = check_device(args.device)
+    need, detail = train_memory(cfg)
+    check_fits(need, detail, "train.batch_size", cfg.train.batch_size)
+    print(_plan(cfg, args, device), file=sys.stderr, flush=True)
+    trainer = Trainer(cfg, args.out, data_root=args.data_root, device=device, resume=args.resume)
     result = trainer.run()  # destroys the process group it created (torchrun) when training ends
     if trainer.rank == 0:
         knn = "n/a" if result.knn_last is None else f"{100 * result.knn_last:.2f}% (best {100 * result.knn_best:.2f}%)"
@@ -77,8 +94,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     run = Path(args.dir)
     if not (run / "config.toml").is_file():
         raise TrainingError(f"{run}: no config.toml; is this a `stopgrad train` run folder?")
+    from .guards import check_device
+
+    device = check_device(args.device)
     cfg = load_train_config(run / "config.toml", args.set)
-    res = evaluate_run(cfg, run, data_root=args.data_root, device=args.device, linear=not args.knn_only)
+    res = evaluate_run(cfg, run, data_root=args.data_root, device=device, linear=not args.knn_only)
     rows = [("kNN accuracy", f"{100 * res['knn_acc']:.2f}%  (k={res['knn_k']}, T={res['knn_temperature']:g})")]
     if "knn_monitor_best" in res:
         rows.append(("kNN monitor", f"last {100 * res['knn_monitor_last']:.2f}%, best {100 * res['knn_monitor_best']:.2f}%"
