@@ -70,8 +70,12 @@ def _train(args: argparse.Namespace) -> int:
     check_output(args.out, inputs=[args.config], kind="dir")
     device = check_device(args.device)
     need, detail = train_memory(cfg)
-    check_fits(need, detail, "train.batch_size", cfg.train.batch_size)
+    side = cfg.augment.crop_size or cfg.data.image_size or 32
+    check_fits(need, detail, "train.batch_size, augment.crop_size", f"{cfg.train.batch_size}, {side}")
     print(_plan(cfg, args, device), file=sys.stderr, flush=True)
+    if args.dry_run:
+        print(f"dry run: config, --out, --device and the memory estimate ({detail}) are fine; nothing was run")
+        return 0
     trainer = Trainer(cfg, args.out, data_root=args.data_root, device=device, resume=args.resume)
     result = trainer.run()  # destroys the process group it created (torchrun) when training ends
     if trainer.rank == 0:
@@ -123,6 +127,8 @@ def register(subparsers) -> None:
     p.add_argument("config", help="TOML config (see configs/*.toml)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint.pt, metrics.nc, ...)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, --out, --device and the memory estimate, print the plan, and stop")
     p.add_argument("--data-root", metavar="PATH", default=None,
                    help="data folder (default: data.root in the config, else $STOPGRAD_DATA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")

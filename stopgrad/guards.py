@@ -185,8 +185,8 @@ def train_memory(cfg) -> tuple[int, str]:
 
     Counts: the two augmented views of a batch (B x 3 x c x c, float32) and the stem's output of each
     (B x w x c' x c' with w the stem width and c' the side after the stem, stored for the backward pass),
-    and the head weights (projector and predictor, weights + gradients + SGD momentum, float32), plus
-    the MoCo queue. The rest of the network comes on top. Returns (bytes, a short breakdown)."""
+    the head weights (projector and predictor, weights + gradients + SGD momentum, float32), the MoCo
+    queue and a synthetic data set's images (uint8). The rest of the network comes on top. Returns (bytes, a short breakdown)."""
     B = cfg.train.batch_size
     side = cfg.augment.crop_size or cfg.data.image_size or 32  # CIFAR's native side when unset
     arch = cfg.encoder.arch
@@ -203,10 +203,12 @@ def train_memory(cfg) -> tuple[int, str]:
         head += pj.out_dim**2
     parts = {
         "two views": 2 * B * 3 * side * side * FLOAT32,
+        "synthetic images": (2 * cfg.data.synthetic_size * 3 * (cfg.data.image_size or 32) ** 2
+                             if cfg.data.name == "synthetic" else 0),  # uint8, train and test splits
         "stem activations": 2 * B * width * stem_side * stem_side * FLOAT32,
         "head weights": 3 * head * FLOAT32,
     }
     if cfg.method.name == "mocov2":
         parts["queue"] = cfg.method.queue_size * pj.out_dim * FLOAT32
     need = sum(parts.values())
-    return need, ", ".join(f"{name} {format_bytes(v)}" for name, v in parts.items())
+    return need, ", ".join(f"{name} {format_bytes(v)}" for name, v in parts.items() if v)
