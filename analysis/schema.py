@@ -206,8 +206,12 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         for name, var in list(out.variables.items()):
             if var.dtype == np.int64:
                 out[name] = var.astype(np.int32)
+    encoding = {}
+    if engine != "scipy":  # HDF5: a Fletcher-32 checksum per chunk, so a flipped bit is an error on reading
+        encoding = {name: {"fletcher32": True} for name, var in out.variables.items()
+                    if var.ndim >= 1 and var.dtype.kind in "biuf"}
     with atomic_path(path) as tmp:
-        out.to_netcdf(tmp, engine=engine)
+        out.to_netcdf(tmp, engine=engine, encoding=encoding)
     return path
 
 
@@ -220,7 +224,9 @@ def open_dataset(path: str | os.PathLike, require: tuple[str, ...] = ()) -> xr.D
         with xr.open_dataset(path) as ds:
             ds = ds.load()
     except Exception as exc:  # the backends raise OSError, ValueError or their own types
-        raise DatasetError(f"{path}: not a readable netCDF file ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(str(exc).split())[:200]  # one line, whatever the backend says
+        raise DatasetError(f"{path}: not a readable netCDF file: truncated, corrupted (checksum) or another "
+                           f"format ({type(exc).__name__}: {detail})") from None
     try:
         validate_dataset(ds, require)
     except DatasetError as exc:

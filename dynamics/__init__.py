@@ -4,8 +4,10 @@ from ._checks import ConfigError as ConfigError
 from ._checks import check as check
 from ._checks import check_choice as check_choice
 from ._checks import check_finite as check_finite
+from ._checks import SEED_MAX as SEED_MAX
 from ._checks import check_psd as check_psd
 from ._checks import check_range as check_range
+from ._checks import check_seed as check_seed
 from .integrate import STATUS as STATUS
 from .integrate import IntegrationResult as IntegrationResult
 from .integrate import Solver as Solver

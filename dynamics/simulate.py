@@ -213,6 +213,9 @@ def _check_value(sim: Simulation, key: str, value) -> None:
         raise ConfigError(where, err.value, err.rule) from None
 
 
+_INT_COLUMNS = ("seed", "batch")
+
+
 def _run_table(sim: Simulation) -> dict[str, np.ndarray]:
     """Per-run hyperparameters (R,) for every parameter the engines read, swept or not."""
     m = sim.model
@@ -229,16 +232,16 @@ def _run_table(sim: Simulation) -> dict[str, np.ndarray]:
         "batch": sim.sampled.batch if sim.sampled is not None else 256,
     }
     keys = list(sim.grid)
-    axes = [np.asarray(sim.grid[k], dtype=float) for k in keys]
+    # integer columns (seed, batch) stay int64 end to end: through a float, seeds 2**53 and 2**53 + 1 coincide
+    dtype = lambda k: np.int64 if k in _INT_COLUMNS else float  # noqa: E731
+    axes = [np.asarray(sim.grid[k], dtype=dtype(k)) for k in keys]
     R = int(np.prod([len(a) for a in axes])) if keys else sim.n_runs
-    table = {k: np.full(R, float(v)) for k, v in base.items()}
+    table = {k: np.full(R, v, dtype=dtype(k)) for k, v in base.items()}
     # the Cartesian product in itertools.product order (last key fastest), without a Python loop
     for key, col in zip(keys, np.meshgrid(*axes, indexing="ij") if keys else []):
         table[key] = col.reshape(-1)
     if "eta" in sim.grid and "eta_p" not in sim.grid and m.eta_p is None:
         table["eta_p"] = table["eta"].copy()  # eta_p defaults to eta, run by run
-    table["seed"] = table["seed"].astype(np.int64)
-    table["batch"] = table["batch"].astype(np.int64)
     return table
 
 
@@ -457,14 +460,22 @@ def _to_dataset(sim: Simulation, table: dict, res: IntegrationResult, backend: s
     vals = {k: v.numpy() for k, v in res.values.items()}
     contract = {k: v for k, v in vals.items() if k in ("s", "p", "alignment", "tau", "commutator", "balance",
                                                       "asymmetry", "loss", "weight_norm")}
+    _fail_non_finite(res, vals)
     verdict, n_alive = collapse_verdicts(vals["s"], res.status, sim.collapse_tol)
+    below, t_below = _below_atol(sim, res, vals["s"])
     extra_vars = {
         "status": (("run",), STATUS_NAMES[res.status]),
         "t_fail": (("run",), res.t_fail),
         "verdict": (("run",), verdict),
         "n_alive": (("run",), n_alive.astype(np.int64)),
         "nfev": (("run",), res.nfev.astype(np.int64)),
+        "below_atol": (("run",), below.astype(np.int8)),
+        "t_below_atol": (("run",), t_below),
     }
+    m = sim.model
+    theorem1 = m.stop_grad & (table["eta_p"] == table["eta"])  # Theorem 1 needs stop-gradient and eta_p = eta
+    if "balance" in contract and not theorem1.all():
+        contract["balance"] = np.where(theorem1[:, None], contract["balance"], np.nan)
     for k, v in vals.items():
         if k not in contract:
             extra_vars[k] = (("run", "time") + tuple(f"dim_{k}_{i}" for i in range(v.ndim - 2)), v)
@@ -472,7 +483,6 @@ def _to_dataset(sim: Simulation, table: dict, res: IntegrationResult, backend: s
     if sim.store_initial:
         for name, arr in (initial or {}).items():
             extra_vars[stored_name(name)] = (("run",) + STORED_DIMS[name], arr)
-    m = sim.model
     method = m.method if m.stop_grad else f"{m.method}-no-stopgrad"
     ds = build_dataset(
         contract, time=res.t, time_units="flow", source=source, method=method, config=_config_json(sim),
@@ -482,11 +492,51 @@ def _to_dataset(sim: Simulation, table: dict, res: IntegrationResult, backend: s
             "rtol": sim.solver.rtol, "atol": sim.solver.atol, "wall_seconds": res.wall, **(attrs or {}),
         },
     )
+    if "balance" in ds and not theorem1.all():
+        ds["balance"].attrs["note"] = ("NaN for runs without stop-gradient or with eta_p != eta: Theorem 1's "
+                                       "invariant does not hold there, so its residual measures nothing")
+    ds["below_atol"].attrs["long_name"] = (f"1 where a mode's amplitude sqrt(s_j) fell below the solver's atol "
+                                           f"({sim.solver.atol:g}) at a save time: it is no longer resolved")
+    ds["t_below_atol"].attrs["long_name"] = "first save time with a mode below atol (NaN: never)"
+    ds.attrs["below_atol_runs"] = int(below.sum())  # recorded, not warned: a collapsing mode gets there by design
     fails = res.failures()
     if fails:
         head = "; ".join(fails[:5]) + (f"; ... ({len(fails)} runs in all)" if len(fails) > 5 else "")
         warnings.warn(f"{len(fails)} of {len(res.status)} runs failed: {head}", RuntimeWarning, stacklevel=3)
     return ds
+
+
+def _fail_non_finite(res: IntegrationResult, vals: dict) -> None:
+    """A run reported "ok" whose observed s, loss or weight norm is not finite is a blow-up (status 1,
+    t_fail the first such save time): a non-finite output is never a silent success. Edits ``res``."""
+    ok = res.status == 0
+    if not ok.any():
+        return
+    R, S = vals["s"].shape[:2]
+    bad = np.zeros((R, S), dtype=bool)
+    for key in ("s", "loss", "weight_norm"):  # not p: it is NaN by design along a collapsed mode
+        if key in vals:
+            bad |= ~np.isfinite(vals[key].reshape(R, S, -1)).all(-1)
+    newly = ok & bad.any(1)
+    if newly.any():
+        res.status = res.status.copy()
+        res.t_fail = res.t_fail.copy()
+        res.status[newly] = 1
+        res.t_fail[newly] = res.t[bad.argmax(1)[newly]]
+
+
+def _below_atol(sim: Simulation, res: IntegrationResult, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per run: whether some mode's amplitude sqrt(s_j) (the size of the state along it) fell below the
+    adaptive solver's absolute tolerance at a save time t > 0, and the first such time (NaN: never).
+    Below atol the error control no longer resolves the mode, so its later decay is not reliable."""
+    R = s.shape[0]
+    if sim.engine == "sampled" or sim.solver.method == "rk4" or sim.solver.atol <= 0 or s.shape[1] < 2:
+        return np.zeros(R, dtype=bool), np.full(R, np.nan)
+    with np.errstate(invalid="ignore"):
+        low = (np.sqrt(np.clip(s[:, 1:], 0, None)) < sim.solver.atol).any(-1)  # (R, S-1); NaN compares False
+    hit = low.any(1)
+    t_below = np.where(hit, res.t[1:][low.argmax(1)], np.nan)
+    return hit, t_below
 
 
 def sweep(sim: Simulation, progress: bool = False) -> xr.Dataset:

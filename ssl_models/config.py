@@ -25,7 +25,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from stopgrad.dynamics import ConfigError, PredictorRule, RuleSpec, check, check_choice, check_range
+from stopgrad.dynamics import ConfigError, PredictorRule, RuleSpec, check, check_choice, check_range, check_seed
 
 from .precision import PRECISIONS
 
@@ -56,6 +56,16 @@ MOMENTUM = ("byol", "byol-gsg", "mocov2")
 ARCHS = ("resnet18", "resnet34", "resnet50", "convnet")
 STEMS = ("cifar", "imagenet")
 MAX_DIM = 65536  # a head wider than this is a typo, not an experiment
+#: softmax temperatures (NT-Xent, InfoNCE, the kNN monitor): published values lie in [0.05, 0.5]. Below 1e-3
+#: the logits cos/T exceed 1e3 and bf16 (8 bits of mantissa) no longer resolves their differences; above 100
+#: every logit is within 1% of the others and the loss no longer depends on the embeddings.
+TEMPERATURE_RANGE = (1e-3, 100.0)
+#: weight decay (trunk and predictor): published recipes use 1e-6 to 5e-4; a decay of 1 already removes the
+#: whole weight in one step of learning rate 1, so larger values are typos (1e300 overflows the update).
+WEIGHT_DECAY_MAX = 1.0
+#: LARS trust coefficient: published values 1e-3 (You et al. 2017) to 0.02; at 1 a layer's step is as large
+#: as the layer's weights.
+LARS_ETA_MAX = 1.0
 
 
 def _dim(key: str, value: int) -> None:
@@ -125,7 +135,7 @@ class MethodConfig:
         check_range("momentum", self.momentum, 0, 1)
         check_range("momentum_final", self.momentum_final, 0, 1)
         check_choice("momentum_schedule", self.momentum_schedule, ("cosine", "constant"))
-        check_range("temperature", self.temperature, 0, None, lo_open=True)
+        check_range("temperature", self.temperature, *TEMPERATURE_RANGE)
         check_range("queue_size", self.queue_size, 1, None, integer=True)
         check_range("loss_scale", self.loss_scale, 0, None, lo_open=True)
 
@@ -348,17 +358,17 @@ class OptimConfig:
         check_choice("lr_scaling", self.lr_scaling, ("linear", "none"))
         check_range("momentum", self.momentum, 0, 1, hi_open=True)
         check("nesterov", self.nesterov, not self.nesterov or self.momentum > 0, "needs momentum > 0")
-        check_range("weight_decay", self.weight_decay, 0, None)
+        check_range("weight_decay", self.weight_decay, 0, WEIGHT_DECAY_MAX)
         check_range("predictor_lr_ratio", self.predictor_lr_ratio, 0, None, lo_open=True)
         if self.predictor_weight_decay is not None:
-            check_range("predictor_weight_decay", self.predictor_weight_decay, 0, None)
+            check_range("predictor_weight_decay", self.predictor_weight_decay, 0, WEIGHT_DECAY_MAX)
         check_choice("predictor_decay", self.predictor_decay, ("coupled", "flow"))
         check("predictor_decay", self.predictor_decay, self.predictor_decay == "coupled" or self.name == "sgd",
               "'flow' is defined for SGD (LARS rescales every update)")
         check_choice("schedule", self.schedule, ("cosine", "constant"))
         check_range("warmup_epochs", self.warmup_epochs, 0, None)
         check_range("min_lr", self.min_lr, 0, None)
-        check_range("lars_eta", self.lars_eta, 0, None, lo_open=True)
+        check_range("lars_eta", self.lars_eta, 0, LARS_ETA_MAX, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -397,7 +407,7 @@ class TrainSpec:
         check_range("epochs", self.epochs, 1, None, integer=True)
         check_range("batch_size", self.batch_size, 2, None, integer=True)
         check_range("max_steps", self.max_steps, 0, None, integer=True)
-        check_range("seed", self.seed, 0, 2**62, integer=True)
+        check_seed("seed", self.seed)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("compile_mode", self.compile_mode,
                      ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
@@ -456,7 +466,7 @@ class EvalConfig:
     def __post_init__(self):
         check_range("knn_every", self.knn_every, 0, None, integer=True)
         check_range("knn_k", self.knn_k, 1, None, integer=True)
-        check_range("knn_temperature", self.knn_temperature, 0, None, lo_open=True)
+        check_range("knn_temperature", self.knn_temperature, *TEMPERATURE_RANGE)
         check_range("knn_bank_subset", self.knn_bank_subset, 0, None, integer=True)
         check_range("batch_size", self.batch_size, 1, None, integer=True)
         check_range("linear_epochs", self.linear_epochs, 1, None, integer=True)

@@ -118,6 +118,13 @@ def _log(msg: str) -> None:
         print(f"stopgrad: {msg}", file=sys.stderr, flush=True)
 
 
+def derived_seed(seed: int, salt: int) -> int:
+    """The seed of one stream (augmentation, data order, the method's draws) from ``train.seed``:
+    ``(seed * 1_000_003 + salt) mod 2**63``, within torch's seed range for every seed in [0, 2**63 - 1]
+    (without the modulus, seeds above 2**63 / 1_000_003 ~ 9.2e12 overflowed); unchanged below that."""
+    return (int(seed) * 1_000_003 + int(salt)) % 2**63
+
+
 def convert_batchnorm(method: nn.Module, cfg: TrainConfig, world: int, device_type: str) -> nn.Module:
     """The run's BatchNorm flavour: SplitBatchNorm with ``train.bn_splits > 1``; else SyncBatchNorm in a
     multi-process CUDA run with ``train.sync_bn``, except MoCo's key encoder with shuffle_bn, which keeps
@@ -221,7 +228,7 @@ class Trainer:
             method.to(memory_format=torch.channels_last)
         method.total_steps = self.total_steps
         method.generator = torch.Generator(device=dev)
-        method.generator.manual_seed(cfg.train.seed * 1_000_003 + 2 + self.rank)
+        method.generator.manual_seed(derived_seed(cfg.train.seed, 2 + self.rank))
         self.method = method
         self.lr = cfg.effective_lr
         self.optimizer = build_optimizer(cfg.optim, method.param_groups(), self.lr)
@@ -239,7 +246,7 @@ class Trainer:
         self.eval_transform = EvalTransform(self.augment.size, data.mean, data.std, out_dtype=self.param_dtype,
                                             channels_last=self.channels_last)
         self.aug_gen = torch.Generator(device=dev)
-        self.aug_gen.manual_seed(cfg.train.seed * 1_000_003 + 1)
+        self.aug_gen.manual_seed(derived_seed(cfg.train.seed, 1))
         self.probe = SpectralProbe(cfg.probe, self.steps_per_epoch, has_rule_fhat=method.fhat is not None,
                                    background=dev.type == "cuda")
         self.knn_history: list[tuple[int, float]] = []  # (step, accuracy), the same on every process
@@ -377,7 +384,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- the step
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The epoch's permutation of the training set (same on every process), on the device."""
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + 7919 * (epoch + 1))
+        g = torch.Generator().manual_seed(derived_seed(self.cfg.train.seed, 7919 * (epoch + 1)))
         return torch.randperm(self.train_images.shape[0], generator=g).to(self.device)
 
     def views(self, global_idx: torch.Tensor) -> list[torch.Tensor]:

@@ -8,7 +8,10 @@ from pathlib import Path
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
+    from .guards import check_output, check_seed
 
+    check_seed("--seed", args.seed)
+    check_output(args.out, kind="dir")
     if args.full:
         import torch
 

@@ -54,8 +54,18 @@ def _load_simulation(path: str):
 def _summary(ds) -> str:
     counts = Counter(ds["verdict"].values.tolist())
     verdicts = ", ".join(f"{v}: {n}" for v, n in sorted(counts.items()))
+    below = int(ds.attrs.get("below_atol_runs", 0))
+    note = (f"; {below} run(s) with a mode below the solver's atol (not resolved there: see below_atol)"
+            if below else "")
     return (f"{ds.sizes['run']} run(s), engine {ds.attrs['engine']} ({ds.attrs['backend']}), "
-            f"{ds.attrs['wall_seconds']:.2f} s; collapse at t_end: {verdicts}")
+            f"{ds.attrs['wall_seconds']:.2f} s; collapse at t_end: {verdicts}{note}")
+
+
+def _plan(sim, out) -> str:
+    m = sim.model
+    grid = " x ".join(f"{k}[{len(v)}]" for k, v in sim.grid.items())
+    return (f"stopgrad: {sim.n_runs} run(s){' over ' + grid if grid else ''}: {m.method} {m.n1}x{m.n2}, "
+            f"engine {sim.engine}, t_end {sim.t_end:g}, {sim.n_save} saves -> {out}")
 
 
 def _run(args, require_grid: bool) -> int:
@@ -64,9 +74,15 @@ def _run(args, require_grid: bool) -> int:
     from stopgrad.analysis import write_netcdf
     from stopgrad.dynamics import simulate
 
+    from .guards import check_fits, check_output, simulation_memory
+
     sim = _load_simulation(args.config)
     if require_grid and not sim.grid:
         raise ConfigError("grid", "{}", "a sweep needs a [grid] table with at least one swept parameter")
+    check_output(args.out, inputs=[args.config])
+    need, detail = simulation_memory(sim)
+    check_fits(need, detail, "grid" if sim.grid else "model", f"{sim.n_runs} run(s)")
+    print(_plan(sim, args.out), file=sys.stderr, flush=True)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -104,6 +120,11 @@ def format_check_table(results) -> str:
 def cmd_check(args) -> int:
     from stopgrad.dynamics.theorems import run_checks
 
+    from .guards import check_output, check_seed
+
+    check_seed("--seed", args.seed)
+    if args.json is not None:
+        check_output(args.json, key="--json")
     results = run_checks(seed=args.seed, only=args.only, progress=sys.stderr.isatty())
     print(format_check_table(results))
     if args.json:
