@@ -43,6 +43,7 @@ import json
 import math
 import time as _time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -199,7 +200,7 @@ class SiameseSimulation:
     eval_size: int = 256
     data: SiameseData = field(default_factory=SiameseData)
     train: SiameseSpec = field(default_factory=SiameseSpec)
-    grid: dict = field(default_factory=dict)
+    grid: Any = field(default_factory=dict)  # {key: [values]}; values may be strings (method), checked below
     seed: int = 0
 
     def __post_init__(self):
