@@ -115,7 +115,7 @@ class SiameseData:
         check_range("cluster_std", self.cluster_std, 0, None)
         check_range("aug_std", self.aug_std, 0, None)
         check_range("data_seed", self.data_seed, 0, 2**63 - 1, integer=True)
-        check("spikes", list(self.spikes), len(self.spikes) <= self.n1 and all(s >= 0 for s in self.spikes),
+        check("spikes", list(self.spikes), self.kind != "spiked" or len(self.spikes) <= self.n1 and all(s >= 0 for s in self.spikes),
               f"needs at most n1 = {self.n1} non-negative strengths")
 
 
@@ -145,7 +145,7 @@ class SiameseSpec:
     """One Siamese/contrastive training setting (the defaults of every run; [grid] overrides them).
 
     method: one of SIAMESE_METHODS. encoder: "linear" or "mlp" (hidden width ``hidden``). predictor:
-    a linear n2 x n2 predictor (Siamese methods only), initialised at ``wp_init`` * I + a small random
+    a linear n2 x n2 predictor (four-view methods only; SimCLR and MoCo ignore it), initialised at ``wp_init`` * I + a small random
     part. loss: "cosine" or "l2". lr: SGD step (flow time per step); alpha_p: predictor lr ratio;
     weight_decay: L2 coefficient on every weight. temperature: NT-Xent / InfoNCE tau. queue, momentum:
     MoCo's queue length and EMA rate. w_scale: std of W's entries times sqrt(fan-in).
@@ -182,8 +182,6 @@ class SiameseSpec:
         check_range("momentum", self.momentum, 0, 1)
         check_range("w_scale", self.w_scale, 0, None, lo_open=True)
         check_range("wp_init", self.wp_init, None, None)
-        if self.method in ("simclr", "moco"):
-            check("predictor", self.predictor, not self.predictor, f"method = '{self.method}' has no predictor")
 
 
 @dataclass(frozen=True)
