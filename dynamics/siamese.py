@@ -504,14 +504,15 @@ def _run_group(spec: dict, rows: list[dict], sim: SiameseSimulation, ev: EvalSet
     return out
 
 
-def simulate_siamese(sim: SiameseSimulation, progress: bool = False):
+def simulate_siamese(sim: SiameseSimulation, progress: bool = False, return_params: bool = False):
     """Run every run of ``sim`` and return a contract Dataset (source "sampled", time in flow units
     t = lr * step for the run's lr; the ``step`` coordinate gives the SGD steps).
 
     Runs are grouped by their structural settings (STRUCTURAL keys); within a group all runs are stepped
     in one batched program. The group's sample stream comes from a generator seeded with the config's
     ``seed`` and the group's run seeds, so a run's result depends on its group (documented; the initial
-    weights come from the run's own seed only).
+    weights come from the run's own seed only). With ``return_params`` also returns the final weights
+    {name: (R, out, in) ndarray} (NaN for runs whose group has no such weight).
     """
     from tqdm.auto import tqdm
 
@@ -526,13 +527,18 @@ def simulate_siamese(sim: SiameseSimulation, progress: bool = False):
         groups.setdefault(tuple(r[k] for k in STRUCTURAL), []).append(i)
     R = len(rows)
     results: dict[str, np.ndarray] = {}
+    final: dict[str, np.ndarray] = {}
     steps = None
     for gi, (key, idx) in enumerate(tqdm(groups.items(), desc="siamese groups", disable=not progress, leave=False)):
         spec = dict(rows[idx[0]])
         seq = np.random.SeedSequence([sim.seed, gi] + [int(rows[i]["seed"]) for i in idx])
         out = _run_group(spec, [rows[i] for i in idx], sim, ev, x_data, int(seq.generate_state(1, np.uint64)[0] >> 1))
         steps = out.pop("_steps")
-        out.pop("_params")
+        for k, v in out.pop("_params").items():
+            if k not in final:
+                final[k] = np.full((R,) + v.shape[1:], np.nan)
+            if final[k].shape[1:] == v.shape[1:]:
+                final[k][idx] = v
         for k, v in out.items():
             if k not in results:
                 results[k] = np.full((R, v.shape[1]), np.nan)
@@ -556,4 +562,4 @@ def simulate_siamese(sim: SiameseSimulation, progress: bool = False):
                        config=cfg, run_coords=run_coords, extra_vars=extra,
                        attrs={"engine": "siamese", "backend": "torch", "wall_seconds": _time.perf_counter() - start,
                               "n2": sim.train.n2, "aug_std": sim.data.aug_std})
-    return ds
+    return (ds, final) if return_params else ds
