@@ -24,3 +24,6 @@ from .style import new_figure as new_figure
 from .style import save_figure as save_figure
 from .style import time_label as time_label
 from .trajectories import eigenvalue_trajectories as eigenvalue_trajectories
+from .gsg import gsg_neg_dist_over_time as gsg_neg_dist_over_time
+from .gsg import gsg_no_predictor as gsg_no_predictor
+from .gsg import gsg_quality_vs_batch as gsg_quality_vs_batch

@@ -25,6 +25,8 @@ def simulation_from_dict(doc: dict):
     """
     from stopgrad.dynamics import Simulation
 
+    if isinstance(doc.get("simulate"), dict) and doc["simulate"].get("engine") == "siamese":
+        return _siamese_from_dict(doc)
     allowed = ("simulate",) + SIM_TABLES
     for key in doc:
         if key not in allowed:
@@ -45,6 +47,22 @@ def simulation_from_dict(doc: dict):
         if head in top:
             raise ConfigError(f"simulate.{err.key}", err.value, err.rule) from None
         raise
+
+
+SIAMESE_TABLES = ("data", "train", "grid")
+
+
+def _siamese_from_dict(doc: dict):
+    """``engine = "siamese"``: [simulate] (engine, steps, n_save, eval_size, seed), [data], [train], [grid]."""
+    from stopgrad.dynamics import SiameseSimulation
+
+    allowed = ("simulate",) + SIAMESE_TABLES
+    for key in doc:
+        if key not in allowed:
+            raise ConfigError(key, "[table]", f"unknown table for engine 'siamese'; allowed: {', '.join(allowed)}")
+    table = dict(doc["simulate"])
+    table.update({k: doc[k] for k in SIAMESE_TABLES if k in doc})
+    return build(SiameseSimulation, table)
 
 
 def _load_simulation(path: str):
@@ -72,11 +90,13 @@ def _run(args, require_grid: bool) -> int:
     import warnings
 
     from stopgrad.analysis import write_netcdf
-    from stopgrad.dynamics import simulate
+    from stopgrad.dynamics import SiameseSimulation, simulate, simulate_siamese
 
     from .guards import check_fits, check_output, simulation_memory
 
     sim = _load_simulation(args.config)
+    if isinstance(sim, SiameseSimulation):
+        simulate = simulate_siamese  # noqa: F811  the four-view Siamese / contrastive simulator
     if require_grid and not sim.grid:
         raise ConfigError("grid", "{}", "a sweep needs a [grid] table with at least one swept parameter")
     check_output(args.out, inputs=[args.config])
