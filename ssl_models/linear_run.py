@@ -341,7 +341,6 @@ class LinearRun:
         """The measured runs as a contract Dataset: dims (run, time, mode), time in optimizer steps."""
         cfg = self.cfg
         steps = sorted(self.records)
-        R = cfg.n_runs
         data = {}
         for name in ("s", "p", "alignment", "tau"):
             data[name] = np.stack([self.records[t][name].numpy() for t in steps], axis=1)

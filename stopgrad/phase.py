@@ -8,10 +8,14 @@ The ``[phase]`` table of a rung-1 experiment file names two optimizer hyperparam
     weight_decay = [0.01, 0.1, 1.0]
     ema_momentum = [0.9, 0.99]
 
-Every grid point is trained in one batched :class:`~stopgrad.ssl_models.LinearRun` (all runs see the same
-batches). The matched theory is one batched ``simulate`` sweep of the matrix flow over the same grid in flow
+Rung 1: every grid point is trained in one batched :class:`~stopgrad.ssl_models.LinearRun` (all runs see
+the same batches). The matched theory is one batched ``simulate`` sweep of the matrix flow over the same grid in flow
 units (eta = weight_decay, beta = (1 - m) / lr, alpha_p = ratio; analysis.to_flow), from the same initial
 weights and the X, X' estimated from the same augmented data.
+
+Rung 2 (a network experiment file): one short run per grid point, in one job (each run already uses every
+core), and the per-mode theory of each run from its own measured state at step 0 (see
+:mod:`stopgrad.experiment`); the boundary is max_j 1 / (4 (1 + sigma_j^2)) (tau = 1, lambda_d = 1).
 
 Verdicts at the end of the run, identical in both worlds: a mode is alive when s_j(T) > collapse_tol *
 max_j s_j(0); ``n_alive`` counts them; a run has collapsed when none is alive. The analytic boundary is the
