@@ -28,6 +28,34 @@ from stopgrad.experiment import run_experiment
 REPO = Path(__file__).resolve().parents[1]
 
 
+def estimation_floor(folder: Path, moment_images: int) -> dict:
+    """The part of the error that the X, X' estimate alone explains: the same matched theory (same initial
+    weights, same horizon) integrated with a second, independent estimate (other augmentation draws),
+    compared with the first. Its s error is the floor below which no batch or lr can bring the comparison."""
+    import dataclasses
+
+    from stopgrad.analysis import compare, comparison_scores, open_dataset
+    from stopgrad.experiment import _rung1_theory, load_experiment
+    from stopgrad.ssl_models import DataConfig, LinearRun, load_image_data
+
+    exp = load_experiment(folder / "config.toml")
+    measured = open_dataset(folder / "measured.nc")
+    cfg = dataclasses.replace(exp.run, seed=exp.run.seed + 1000, moment_images=moment_images)
+    run = LinearRun(cfg, load_image_data(DataConfig(name="cifar10", train_subset=cfg.train_subset, test_subset=1)))
+    X2, Xp2 = run.estimate_moments()
+    alt = folder.parent / (folder.name + "-second-estimate")
+    alt.mkdir(exist_ok=True)
+    st = dict(np.load(folder / "state.npz"))
+    st.update(X=X2, X_prime=Xp2)
+    np.savez(alt / "state.npz", **st)
+    first = open_dataset(folder / "theory_init.nc")
+    second = _rung1_theory(exp, alt, measured, "init")
+    sc = comparison_scores(compare(first, second))
+    return {"s_rel_error_final": sc["s_rel_error_final"], "s_rel_error_all": sc["s_rel_error_all"],
+            "X_relative_difference": float(np.linalg.norm(X2 - np.load(folder / "state.npz")["X"])
+                                           / np.linalg.norm(X2))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", type=float, default=5.0, help="flow time of every run")
@@ -69,6 +97,8 @@ def main() -> None:
             x = np.log([r["batch"] for r in sub])
             y = np.log([r["s_rel_error_all"] for r in sub])
             result[f"slope_vs_batch_lr{lr:g}"] = float(np.polyfit(x, y, 1)[0])
+    result["estimation_floor"] = estimation_floor(Path(args.out) / f"b{args.batches[0]}-lr{args.lrs[0]:g}",
+                                                  args.moment_images)
     out = REPO / "benchmarks" / "results" / "rung1_scaling.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"{'batch':>6} {'lr':>7} {'s err end':>10} {'s err run':>10} {'fwd end':>9} {'balance':>9} alive m/p")
@@ -78,6 +108,7 @@ def main() -> None:
     for k, v in result.items():
         if k.startswith("slope"):
             print(f"{k}: {v:.3f} (SGD noise alone: -0.5)")
+    print(f"estimation floor (theory with a second X, X' estimate vs the first): {result['estimation_floor']}")
     print(f"wrote {out}")
 
 

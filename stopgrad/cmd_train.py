@@ -51,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
     need, detail = train_memory(cfg)
     side = cfg.augment.crop_size or cfg.data.image_size or 32
     check_fits(need, detail, "train.batch_size, augment.crop_size", f"{cfg.train.batch_size}, {side}")
-    print(_plan(cfg, args, device), file=sys.stderr, flush=True)
+    print(_plan(cfg, args, device), flush=True)  # stdout: stderr is for the one-line error
     if args.dry_run:
         print(f"dry run: config, --out, --device and the memory estimate ({detail}) are fine; nothing was run")
         return 0
