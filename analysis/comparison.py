@@ -9,6 +9,10 @@ measured, in any pairing) and returns a comparison Dataset (``source = "comparis
   predicted run's span are the common axis, and the predicted trajectory is interpolated onto them
   (linearly in time, so the predicted run should be saved densely). Measured times outside that span
   are dropped (their count is in ``attrs["measured_times_dropped"]``).
+* **Mode pairing** (``order``). A measured spectrum, the matrix flow's and sampled SGD's are eigenvalues
+  of F sorted descending, so mode j is the j-th largest; the per-mode engine's mode j is one fixed
+  direction, and its modes may cross. When the two kinds meet, both are compared by rank (each sorted
+  descending at each time, p and alignment following s); ``attrs["mode_order"]`` says which was used.
 * **Refusals.** Mismatched methods, mode counts or flow-unit hyperparameters (``eta``, ``eta_p``,
   ``alpha_p``, ``beta``, ``sigma2``; relative tolerance ``hyper_rtol``), a step-time Dataset without a
   recorded ``lr``, a sweep with several runs: each raises one :class:`DatasetError` line naming what
@@ -83,6 +87,7 @@ TOP_MODES = 8
 #: mapping's round-off on the last step), and is clipped onto the end.
 TIME_SLACK = 1e-9
 VERDICTS = ("survives", "dies")
+ORDERS = ("auto", "index", "rank")
 NO_EMA = ("simsiam",)  # methods without a target network: no beta
 
 
@@ -323,6 +328,23 @@ def _collapse(ds: xr.Dataset, tol: float) -> np.ndarray:
     return np.where(np.isfinite(final), (final < tol * ref).astype(np.int8), -1).astype(np.int8)
 
 
+def _ranked(ds: xr.Dataset) -> bool:
+    """Whether the mode index is a rank (eigenvalues of F sorted descending), not a fixed direction."""
+    return ds.attrs.get("engine") != "modes"
+
+
+def _rank_order(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every (time, mode) variable reordered by descending s at each time (NaN last); a
+    per-mode verdict ``alive`` no longer refers to a rank and is dropped."""
+    s = _tm(ds, "s")
+    idx = np.argsort(-s, axis=-1, kind="stable")
+    out = ds.drop_vars("alive") if "alive" in ds else ds.copy()
+    for name, var in ds.data_vars.items():
+        if var.dims == ("time", "mode"):
+            out[name] = var.copy(data=np.take_along_axis(var.values, idx, axis=-1))
+    return out
+
+
 def _tm(ds: xr.Dataset, name: str) -> np.ndarray:
     return np.asarray(ds[name].transpose("time", "mode").values, dtype=np.float64)
 
@@ -338,6 +360,7 @@ def compare(
     align_threshold: float = ALIGN_THRESHOLD,
     commutator_fraction: float = COMMUTATOR_FRACTION,
     collapse_tol: float = COLLAPSE_TOL,
+    order: str = "auto",
 ) -> xr.Dataset:
     """Compare a predicted run with a measured one (module docstring for every definition).
 
@@ -351,6 +374,11 @@ def compare(
         top: how many leading modes the summary scores of :func:`format_comparison` use.
         align_threshold: alignment crossing level. commutator_fraction: commutator crossing level as a
             fraction of its value at the first common time. collapse_tol: s_j(T) < collapse_tol max s(0).
+        order: how modes are paired. "index": mode j with mode j. "rank": both spectra sorted descending at
+            each time (p, alignment and tau follow s), the j-th largest with the j-th largest. "auto":
+            "rank" when one Dataset's mode index is a fixed direction (the per-mode engine,
+            ``attrs["engine"] == "modes"``) and the other's is a rank (eigenvalues of F: measured probes,
+            matrix flow, sampled SGD), else "index".
 
     Returns:
         The comparison Dataset, dims (time, mode, predicted, measured), time in flow units.
@@ -370,6 +398,12 @@ def compare(
         if "method" not in allowed:
             raise DatasetError(f"methods differ: {msg} (allow_mismatch='method' to compare anyway)")
         differences.append(msg)
+    if order not in ORDERS:
+        raise DatasetError(f"order = {order!r}: must be one of {ORDERS}")
+    if order == "auto":
+        order = "rank" if _ranked(P) != _ranked(M) else "index"
+    if order == "rank":
+        P, M = _rank_order(P), _rank_order(M)
     kp, km = P.sizes["mode"], M.sizes["mode"]
     k = kp
     if kp != km:
@@ -475,7 +509,7 @@ def compare(
         "config": json.dumps({"predicted": P.attrs.get("config", ""), "measured": M.attrs.get("config", "")}),
         "stopgrad_version": _version(),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "allow_mismatch": ",".join(sorted(allowed)) or "none",
+        "allow_mismatch": ",".join(sorted(allowed)) or "none", "mode_order": order,
         "differences_allowed": "; ".join(differences) or "none",
         "notes": "; ".join(skip_notes + [f"predicted: {n}" for n in notes_p] + [f"measured: {n}" for n in notes_m])
         or "none",

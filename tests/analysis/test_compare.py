@@ -249,6 +249,46 @@ def test_a_warm_up_schedule_is_summed_step_by_step():
     np.testing.assert_allclose(dense, brute, rtol=2 * total * U, atol=0)
 
 
+def test_a_dataset_recorded_by_the_training_probe(theory):
+    """The real measured format: ``ssl_models.SpectralProbe`` records F-hat = Q diag(s) Q^T and
+    W_p = Q diag(p) Q^T (a random rotation Q) of the theory run at step t / lr_eff, with the lr and EMA
+    momentum a trainer passes, and the trainer's hyperparameter attributes; compare recovers the theory."""
+    import torch
+
+    from stopgrad.ssl_models import ProbeConfig, SpectralProbe
+
+    s, p = theory["s"].values[0], theory["p"].values[0]
+    assert np.any(np.diff(s, axis=-1) > 0), "this per-mode run's modes cross: the pairing must go by rank"
+    lr, mu = 1 / 16, 0.5
+    ema = 1 - BETA * lr / (1 - mu)
+    n = s.shape[-1]
+    Q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))[0]
+    probe = SpectralProbe(ProbeConfig(every=1), steps_per_epoch=40, has_rule_fhat=True)
+    z = torch.randn(8, n, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    for t, s_t, p_t in zip(theory["time"].values, s, p):
+        F = Q @ torch.diag(torch.from_numpy(s_t)) @ Q.T
+        Wp = Q @ torch.diag(torch.from_numpy(p_t)) @ Q.T
+        probe.record(int(t * 8), {"z": z}, 4, fhat=F, Wp=Wp, lr=lr, ema_momentum=ema)
+    attrs = {"lr": lr, "weight_decay": ETA, "predictor_lr": lr * ALPHA_P, "predictor_weight_decay": ETA,
+             "sgd_momentum": mu, "optimizer": "sgd", "ema_momentum": ema, "ema_momentum_schedule": "constant"}
+    meas = probe.to_dataset("byol", "[method]\nname = 'byol'\n", attrs)
+    c = compare(theory, meas)
+    assert c.attrs["measured_time_units"] == "step" and c.attrs["differences_allowed"] == "none"
+    np.testing.assert_array_equal(c["time"].values, theory["time"].values)
+    # the per-mode theory (fixed directions) meets a probe (ranked eigenvalues): paired by rank
+    assert c.attrs["mode_order"] == "rank"
+    rank = np.argsort(-s, axis=-1, kind="stable")
+    np.testing.assert_array_equal(c["s_predicted"].values, np.take_along_axis(s, rank, -1))
+    np.testing.assert_array_equal(c["p_predicted"].values, np.take_along_axis(p, rank, -1))
+    # Weyl: the eigenvalues move by at most the norm of the rounding of Q diag Q^T (<= n gamma_n max|d|,
+    # gamma_n ~ n u) plus eigh's backward error (~ n u ||F||): 4 n^2 u max|d| bounds both
+    assert c["s_abs_error"].max() <= 4 * n * n * U * np.abs(s).max()
+    assert c["p_abs_error"].max() <= 4 * n * n * U * np.abs(p).max()
+    assert float(c["collapse_agreement"]) == 1.0
+    # paired by index instead, crossed modes are compared with the wrong partner
+    assert compare(theory, meas, order="index")["s_rel_error"].max() > 0.1
+
+
 # ---------------------------------------------------------------------------------- (d) Theorem 1
 def test_parabola_distance_of_an_exact_construction_is_round_off():
     from stopgrad.analysis.comparison import parabola_distance
