@@ -18,8 +18,8 @@ measured, in any pairing) and returns a comparison Dataset (``source = "comparis
   recorded ``lr``, a sweep with several runs: each raises one :class:`DatasetError` line naming what
   differs and both values. ``allow_mismatch`` names the differences to accept on purpose; they are
   recorded in the attributes.
-* **Trajectory errors** (time, mode): ``s_abs_error = |s_m - s_p|``, ``s_rel_error = |s_m - s_p| /
-  max(|s_p|, f_s)``, ``s_log_error = |log max(s_m, f_s) - log max(s_p, f_s)|`` with the floor
+* **Trajectory errors** (time, mode): ``s_abs_error = |s_m - s_p|``, ``s_rel_error = |S_m - S_p| / S_p``
+  and ``s_log_error = |log S_m - log S_p|`` with S = max(s, f_s) and the floor
   ``f_s = floor * max_j s_p,j(t_0)`` (below it a mode counts as collapsed, so two collapsed modes agree
   instead of comparing round-off); ``p_abs_error``, ``p_rel_error`` likewise with
   ``f_p = floor * max |p_p|`` over the common window. ``spearman_s`` (time): the Spearman rank correlation
@@ -445,8 +445,8 @@ def compare(
         "s_predicted": (dims2, s_p, "predicted s, interpolated onto the common times"),
         "s_measured": (dims2, s_m, "measured s"),
         "s_abs_error": (dims2, np.abs(s_m - s_p), "|s_measured - s_predicted|"),
-        "s_rel_error": (dims2, np.abs(s_m - s_p) / np.maximum(np.abs(s_p), f_s),
-                        "|s_measured - s_predicted| / max(|s_predicted|, floor_s)"),
+        "s_rel_error": (dims2, np.abs(np.maximum(s_m, f_s) - np.maximum(s_p, f_s)) / np.maximum(s_p, f_s),
+                        "|max(s_measured, floor_s) - max(s_predicted, floor_s)| / max(s_predicted, floor_s)"),
         "s_log_error": (dims2, np.abs(np.log(np.maximum(s_m, f_s)) - np.log(np.maximum(s_p, f_s))),
                         "|log max(s_measured, floor_s) - log max(s_predicted, floor_s)|"),
         "spearman_s": (("time",), spearman_rows(s_p, s_m), "Spearman rank correlation of the spectra over modes"),

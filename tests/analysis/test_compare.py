@@ -289,6 +289,40 @@ def test_a_dataset_recorded_by_the_training_probe(theory):
     assert compare(theory, meas, order="index")["s_rel_error"].max() > 0.1
 
 
+def test_predicted_is_interpolated_onto_the_measured_times(theory):
+    half = 0.5 * float(theory["time"].values[1] - theory["time"].values[0])
+    shifted = theory.assign_coords(time=theory["time"] + half)
+    shifted["time"].attrs["units"] = "flow"
+    c = compare(theory, shifted)
+    assert c.attrs["measured_times_dropped"] == 1  # the last shifted time lies past the predicted run
+    s = theory["s"].values[0]
+    # linear interpolation at the midpoints: (a + b) / 2, up to 2 roundings of max(|a|, |b|)
+    mid = 0.5 * (s[:-1] + s[1:])
+    assert np.all(np.abs(c["s_predicted"].values - mid) <= 2 * U * np.maximum(np.abs(s[:-1]), np.abs(s[1:])))
+    np.testing.assert_array_equal(c["s_measured"].values, s[:-1])
+    np.testing.assert_array_equal(c["time"].values, theory["time"].values[:-1] + half)
+
+
+def test_sampled_sgd_against_its_theory():
+    """Any two contract Datasets compare: finite-batch SGD (source "sampled", flow time t = lr * step)
+    against the matrix flow of the same model; both rank their spectra, so modes pair by index."""
+    from stopgrad.dynamics import SampledSpec
+
+    model = LinearModel(n1=4, n2=2, eta=ETA)
+    theory = simulate(Simulation(model=model, engine="matrix", t_end=0.2, n_save=21, backend="torch"))
+    sampled = simulate(Simulation(model=model, engine="sampled", t_end=0.2, n_save=5,
+                                  sampled=SampledSpec(lr=0.01, batch=16)))
+    c = compare(theory, sampled)
+    assert c.attrs["mode_order"] == "index" and c.attrs["measured_source"] == "sampled"
+    assert c.attrs["differences_allowed"] == "none" and c.attrs["measured_times_dropped"] == 0
+    # the sampled run's save times are nodes of the theory's grid: no interpolation there
+    idx = np.searchsorted(theory["time"].values, sampled["time"].values)
+    np.testing.assert_allclose(theory["time"].values[idx], sampled["time"].values, rtol=4 * U)
+    np.testing.assert_allclose(c["s_predicted"].values, theory["s"].values[0, idx], rtol=8 * U, atol=0)
+    np.testing.assert_array_equal(c["s_measured"].values, sampled["s"].values[0])
+    assert np.all(np.isfinite(c["s_rel_error"].values)) and np.all(c["s_rel_error"].values[0] == 0.0)
+
+
 # ---------------------------------------------------------------------------------- (d) Theorem 1
 def test_parabola_distance_of_an_exact_construction_is_round_off():
     from stopgrad.analysis.comparison import parabola_distance
@@ -378,6 +412,9 @@ def test_collapse_confusion_on_a_per_mode_run():
     assert list(conf["predicted"].values) == ["survives", "dies"] and conf.dims == ("predicted", "measured")
     np.testing.assert_array_equal(conf.values, [[3, 0], [1, 1]])
     assert float(c["collapse_agreement"]) == 0.8
+    # a mode dead in both runs (under the floor) agrees: no relative or log error from round-off
+    assert c["s_measured"].values[-1, 4] < c.attrs["floor_s"] and c["s_predicted"].values[-1, 4] < c.attrs["floor_s"]
+    assert c["s_rel_error"].values[-1, 4] == 0.0 and c["s_log_error"].values[-1, 4] == 0.0
     assert "80.0 %" in format_comparison(c)
     # the rule is s_j(T) < collapse_tol * max s(0): a tolerance just above a surviving mode's ratio kills it
     s = pred["s"].values[0]
