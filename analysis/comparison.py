@@ -111,7 +111,7 @@ def _single_run(ds: xr.Dataset, role: str) -> xr.Dataset:
     if "run" in ds.dims:
         if ds.sizes["run"] != 1:
             raise _role_error(role, f"has {ds.sizes['run']} runs; compare takes one run (select it with "
-                                    "ds.isel(run=i))")
+                                    f"ds.isel(run=i); the verb: --{role}-run I)")
         ds = ds.isel(run=0)
     extra = [d for d in ds["s"].dims if d not in ("time", "mode")]
     if extra:

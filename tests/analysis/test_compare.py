@@ -32,7 +32,7 @@ S0 = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15)
 
 
 def _theory(t_end=20.0, n_save=41, n2=len(P0), p0=P0[: len(P0)], s0=S0, method="byol", on_parabola=False,
-            solver=None, **model):
+            solver=None, grid=None, **model):
     kw = dict(n1=16, n2=n2, method=method, beta=BETA if method == "byol" else None, alpha_p=ALPHA_P, eta=ETA,
               data={"kind": "isotropic", "sigma2": SIGMA2})
     kw.update(model)
@@ -41,7 +41,7 @@ def _theory(t_end=20.0, n_save=41, n2=len(P0), p0=P0[: len(P0)], s0=S0, method="
     kw["data"] = DataSpec(**kw["data"])
     sim = Simulation(model=LinearModel(**kw), engine="modes", t_end=t_end, n_save=n_save, backend="torch",
                      modes=ModeInit(p0=p0[:n2], s0=s0[:n2], on_parabola=on_parabola),
-                     solver=solver or Solver())
+                     solver=solver or Solver(), grid=grid or {})
     return simulate(sim)
 
 
@@ -451,3 +451,12 @@ def test_compare_verb_end_to_end(tmp_path, capsys, theory):
     assert "eta: predicted 0.01, measured 0.02" in err and not (tmp_path / "no.nc").exists()
     assert main(["compare", str(pred), str(other), "--allow-mismatch", "eta,eta_p"]) == 0
     assert "allowed differences: eta: predicted 0.01, measured 0.02" in capsys.readouterr().out
+    # a sweep file: one run at a time
+    sweep = tmp_path / "sweep.nc"
+    write_netcdf(_theory(n_save=161, grid={"eta": [0.02, ETA]}), sweep)
+    assert main(["compare", str(pred), str(sweep)]) == 2
+    assert "measured: has 2 runs" in capsys.readouterr().err
+    assert main(["compare", str(pred), str(sweep), "--measured-run", "1", "--order", "index"]) == 0
+    assert "collapse agreement" in capsys.readouterr().out
+    assert main(["compare", str(pred), str(sweep), "--measured-run", "2"]) == 2
+    assert "--measured-run = 2: the file has 2 runs" in capsys.readouterr().err
