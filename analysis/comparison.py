@@ -47,9 +47,12 @@ measured, in any pairing) and returns a comparison Dataset (``source = "comparis
   (predicted, measured) counts the decided modes, coords ("survives", "dies");
   ``collapse_agreement`` is the fraction on its diagonal.
 
-The output keeps both trajectories on the common axis (``s_predicted``, ``s_measured``, ``p_...``) so
-figures can draw them from the comparison alone. :func:`format_comparison` prints one score per
-statement.
+The output keeps both trajectories on the common axis (``s_predicted``, ``s_measured``, ``p_...``; a
+``step`` and ``epoch`` coordinate when the measured run has them) so figures can draw them from the
+comparison alone. Attributes: ``predicted_*`` and ``measured_*`` (source, method, config, engine, time
+units, each flow-unit hyperparameter), ``config`` (compare's own parameters as JSON), the thresholds,
+``mode_order``, ``allow_mismatch``, ``differences_allowed`` and ``notes`` (approximations of the unit
+mapping). :func:`format_comparison` prints one score per statement.
 """
 
 from __future__ import annotations
@@ -503,10 +506,15 @@ def compare(
               "predicted": ("predicted", list(VERDICTS)), "measured": ("measured", list(VERDICTS))}
     if M["time"].attrs.get("units") == "step":
         coords["step"] = ("time", np.asarray(Mc["time"].values, dtype=np.float64))
+    if "epoch" in Mc.coords and Mc["epoch"].dims == ("time",):
+        coords["epoch"] = ("time", np.asarray(Mc["epoch"].values, dtype=np.float64))
     attrs = {
         "source": "comparison",
         "method": mp if mp == mm else f"{mp} vs {mm}",
-        "config": json.dumps({"predicted": P.attrs.get("config", ""), "measured": M.attrs.get("config", "")}),
+        "config": json.dumps({"allow_mismatch": sorted(allowed), "hyper_rtol": hyper_rtol, "floor": floor,
+                              "top": top, "align_threshold": align_threshold,
+                              "commutator_fraction": commutator_fraction, "collapse_tol": collapse_tol,
+                              "order": order}),
         "stopgrad_version": _version(),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "allow_mismatch": ",".join(sorted(allowed)) or "none", "mode_order": order,

@@ -276,7 +276,8 @@ def test_a_dataset_recorded_by_the_training_probe(theory):
     assert c.attrs["measured_time_units"] == "step" and c.attrs["differences_allowed"] == "none"
     np.testing.assert_array_equal(c["time"].values, theory["time"].values)
     # the per-mode theory (fixed directions) meets a probe (ranked eigenvalues): paired by rank
-    assert c.attrs["mode_order"] == "rank"
+    assert c.attrs["mode_order"] == "rank" and "[method]" in c.attrs["measured_config"]
+    np.testing.assert_array_equal(c["epoch"].values, meas["epoch"].values)
     rank = np.argsort(-s, axis=-1, kind="stable")
     np.testing.assert_array_equal(c["s_predicted"].values, np.take_along_axis(s, rank, -1))
     np.testing.assert_array_equal(c["p_predicted"].values, np.take_along_axis(p, rank, -1))
