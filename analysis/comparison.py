@@ -29,8 +29,10 @@ measured, in any pairing) and returns a comparison Dataset (``source = "comparis
 * **Theorem 1** (theory.md §2.1, §3.2): the invariant I_j = alpha_p s_j - p_j^2 decays as
   e^{-2 eta t}. ``parabola_distance`` (time, mode), for the measured Dataset, is
   ``|I_j(t) - e^{-2 eta (t - t_0)} I_j(t_0)| / (alpha_p s_j(t) + p_j(t)^2)``, with each Dataset's own
-  flow-unit alpha_p and eta and t_0 the first common time (so c_j = I_j(t_0) e^{2 eta t_0}); 0 on the
-  invariant, at most 2 anywhere (NaN where the denominator is 0 or p is unknown).
+  flow-unit alpha_p and eta and t_0 the first common time (so c_j = I_j(t_0) e^{2 eta t_0}): 0 on the
+  curve, at most 1 + |c_j| e^{-2 eta t} / (alpha_p s_j + p_j^2), which grows without bound where a mode
+  collapses off the curve (the curve's projection on the eigenbasis holds once W_p and F are aligned;
+  NaN where the denominator is 0 or p is unknown).
   ``parabola_distance_predicted`` is the same for the predicted Dataset. ``s`` is used as recorded:
   the parabola is exact for F = W X W^T with X = I; a measured F-hat of augmented views,
   W (X + X') W^T, carries a factor (1 + sigma^2), and a per-mode run with lambda_d != 1 a factor
