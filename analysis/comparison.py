@@ -9,13 +9,17 @@ measured, in any pairing) and returns a comparison Dataset (``source = "comparis
   predicted run's span are the common axis, and the predicted trajectory is interpolated onto them
   (linearly in time, so the predicted run should be saved densely). Measured times outside that span
   are dropped (their count is in ``attrs["measured_times_dropped"]``).
+* **Mode pairing** (``order``). A measured spectrum, the matrix flow's and sampled SGD's are eigenvalues
+  of F sorted descending, so mode j is the j-th largest; the per-mode engine's mode j is one fixed
+  direction, and its modes may cross. When the two kinds meet, both are compared by rank (each sorted
+  descending at each time, p and alignment following s); ``attrs["mode_order"]`` says which was used.
 * **Refusals.** Mismatched methods, mode counts or flow-unit hyperparameters (``eta``, ``eta_p``,
   ``alpha_p``, ``beta``, ``sigma2``; relative tolerance ``hyper_rtol``), a step-time Dataset without a
   recorded ``lr``, a sweep with several runs: each raises one :class:`DatasetError` line naming what
   differs and both values. ``allow_mismatch`` names the differences to accept on purpose; they are
   recorded in the attributes.
-* **Trajectory errors** (time, mode): ``s_abs_error = |s_m - s_p|``, ``s_rel_error = |s_m - s_p| /
-  max(|s_p|, f_s)``, ``s_log_error = |log max(s_m, f_s) - log max(s_p, f_s)|`` with the floor
+* **Trajectory errors** (time, mode): ``s_abs_error = |s_m - s_p|``, ``s_rel_error = |S_m - S_p| / S_p``
+  and ``s_log_error = |log S_m - log S_p|`` with S = max(s, f_s) and the floor
   ``f_s = floor * max_j s_p,j(t_0)`` (below it a mode counts as collapsed, so two collapsed modes agree
   instead of comparing round-off); ``p_abs_error``, ``p_rel_error`` likewise with
   ``f_p = floor * max |p_p|`` over the common window. ``spearman_s`` (time): the Spearman rank correlation
@@ -25,8 +29,10 @@ measured, in any pairing) and returns a comparison Dataset (``source = "comparis
 * **Theorem 1** (theory.md §2.1, §3.2): the invariant I_j = alpha_p s_j - p_j^2 decays as
   e^{-2 eta t}. ``parabola_distance`` (time, mode), for the measured Dataset, is
   ``|I_j(t) - e^{-2 eta (t - t_0)} I_j(t_0)| / (alpha_p s_j(t) + p_j(t)^2)``, with each Dataset's own
-  flow-unit alpha_p and eta and t_0 the first common time (so c_j = I_j(t_0) e^{2 eta t_0}); 0 on the
-  invariant, at most 2 anywhere (NaN where the denominator is 0 or p is unknown).
+  flow-unit alpha_p and eta and t_0 the first common time (so c_j = I_j(t_0) e^{2 eta t_0}): 0 on the
+  curve, at most 1 + |c_j| e^{-2 eta t} / (alpha_p s_j + p_j^2), which grows without bound where a mode
+  collapses off the curve (the curve's projection on the eigenbasis holds once W_p and F are aligned;
+  NaN where the denominator is 0 or p is unknown).
   ``parabola_distance_predicted`` is the same for the predicted Dataset. ``s`` is used as recorded:
   the parabola is exact for F = W X W^T with X = I; a measured F-hat of augmented views,
   W (X + X') W^T, carries a factor (1 + sigma^2), and a per-mode run with lambda_d != 1 a factor
@@ -43,9 +49,12 @@ measured, in any pairing) and returns a comparison Dataset (``source = "comparis
   (predicted, measured) counts the decided modes, coords ("survives", "dies");
   ``collapse_agreement`` is the fraction on its diagonal.
 
-The output keeps both trajectories on the common axis (``s_predicted``, ``s_measured``, ``p_...``) so
-figures can draw them from the comparison alone. :func:`format_comparison` prints one score per
-statement.
+The output keeps both trajectories on the common axis (``s_predicted``, ``s_measured``, ``p_...``; a
+``step`` and ``epoch`` coordinate when the measured run has them) so figures can draw them from the
+comparison alone. Attributes: ``predicted_*`` and ``measured_*`` (source, method, config, engine, time
+units, each flow-unit hyperparameter), ``config`` (compare's own parameters as JSON), the thresholds,
+``mode_order``, ``allow_mismatch``, ``differences_allowed`` and ``notes`` (approximations of the unit
+mapping). :func:`format_comparison` prints one score per statement.
 """
 
 from __future__ import annotations
@@ -84,6 +93,7 @@ TOP_MODES = 8
 #: mapping's round-off on the last step), and is clipped onto the end.
 TIME_SLACK = 1e-9
 VERDICTS = ("survives", "dies")
+ORDERS = ("auto", "index", "rank")
 NO_EMA = ("simsiam",)  # methods without a target network: no beta
 
 
@@ -107,7 +117,7 @@ def _single_run(ds: xr.Dataset, role: str) -> xr.Dataset:
     if "run" in ds.dims:
         if ds.sizes["run"] != 1:
             raise _role_error(role, f"has {ds.sizes['run']} runs; compare takes one run (select it with "
-                                    "ds.isel(run=i))")
+                                    f"ds.isel(run=i); the verb: --{role}-run I)")
         ds = ds.isel(run=0)
     extra = [d for d in ds["s"].dims if d not in ("time", "mode")]
     if extra:
@@ -324,6 +334,23 @@ def _collapse(ds: xr.Dataset, tol: float) -> np.ndarray:
     return np.where(np.isfinite(final), (final < tol * ref).astype(np.int8), -1).astype(np.int8)
 
 
+def _ranked(ds: xr.Dataset) -> bool:
+    """Whether the mode index is a rank (eigenvalues of F sorted descending), not a fixed direction."""
+    return ds.attrs.get("engine") != "modes"
+
+
+def _rank_order(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every (time, mode) variable reordered by descending s at each time (NaN last); a
+    per-mode verdict ``alive`` no longer refers to a rank and is dropped."""
+    s = _tm(ds, "s")
+    idx = np.argsort(-s, axis=-1, kind="stable")
+    out = ds.drop_vars("alive") if "alive" in ds else ds.copy()
+    for name, var in ds.data_vars.items():
+        if var.dims == ("time", "mode"):
+            out[name] = var.copy(data=np.take_along_axis(var.values, idx, axis=-1))
+    return out
+
+
 def _tm(ds: xr.Dataset, name: str) -> np.ndarray:
     return np.asarray(ds[name].transpose("time", "mode").values, dtype=np.float64)
 
@@ -339,6 +366,7 @@ def compare(
     align_threshold: float = ALIGN_THRESHOLD,
     commutator_fraction: float = COMMUTATOR_FRACTION,
     collapse_tol: float = COLLAPSE_TOL,
+    order: str = "auto",
 ) -> xr.Dataset:
     """Compare a predicted run with a measured one (module docstring for every definition).
 
@@ -352,6 +380,11 @@ def compare(
         top: how many leading modes the summary scores of :func:`format_comparison` use.
         align_threshold: alignment crossing level. commutator_fraction: commutator crossing level as a
             fraction of its value at the first common time. collapse_tol: s_j(T) < collapse_tol max s(0).
+        order: how modes are paired. "index": mode j with mode j. "rank": both spectra sorted descending at
+            each time (p, alignment and tau follow s), the j-th largest with the j-th largest. "auto":
+            "rank" when one Dataset's mode index is a fixed direction (the per-mode engine,
+            ``attrs["engine"] == "modes"``) and the other's is a rank (eigenvalues of F: measured probes,
+            matrix flow, sampled SGD), else "index".
 
     Returns:
         The comparison Dataset, dims (time, mode, predicted, measured), time in flow units.
@@ -371,6 +404,12 @@ def compare(
         if "method" not in allowed:
             raise DatasetError(f"methods differ: {msg} (allow_mismatch='method' to compare anyway)")
         differences.append(msg)
+    if order not in ORDERS:
+        raise DatasetError(f"order = {order!r}: must be one of {ORDERS}")
+    if order == "auto":
+        order = "rank" if _ranked(P) != _ranked(M) else "index"
+    if order == "rank":
+        P, M = _rank_order(P), _rank_order(M)
     kp, km = P.sizes["mode"], M.sizes["mode"]
     k = kp
     if kp != km:
@@ -412,8 +451,8 @@ def compare(
         "s_predicted": (dims2, s_p, "predicted s, interpolated onto the common times"),
         "s_measured": (dims2, s_m, "measured s"),
         "s_abs_error": (dims2, np.abs(s_m - s_p), "|s_measured - s_predicted|"),
-        "s_rel_error": (dims2, np.abs(s_m - s_p) / np.maximum(np.abs(s_p), f_s),
-                        "|s_measured - s_predicted| / max(|s_predicted|, floor_s)"),
+        "s_rel_error": (dims2, np.abs(np.maximum(s_m, f_s) - np.maximum(s_p, f_s)) / np.maximum(s_p, f_s),
+                        "|max(s_measured, floor_s) - max(s_predicted, floor_s)| / max(s_predicted, floor_s)"),
         "s_log_error": (dims2, np.abs(np.log(np.maximum(s_m, f_s)) - np.log(np.maximum(s_p, f_s))),
                         "|log max(s_measured, floor_s) - log max(s_predicted, floor_s)|"),
         "spearman_s": (("time",), spearman_rows(s_p, s_m), "Spearman rank correlation of the spectra over modes"),
@@ -470,13 +509,18 @@ def compare(
               "predicted": ("predicted", list(VERDICTS)), "measured": ("measured", list(VERDICTS))}
     if M["time"].attrs.get("units") == "step":
         coords["step"] = ("time", np.asarray(Mc["time"].values, dtype=np.float64))
+    if "epoch" in Mc.coords and Mc["epoch"].dims == ("time",):
+        coords["epoch"] = ("time", np.asarray(Mc["epoch"].values, dtype=np.float64))
     attrs = {
         "source": "comparison",
         "method": mp if mp == mm else f"{mp} vs {mm}",
-        "config": json.dumps({"predicted": P.attrs.get("config", ""), "measured": M.attrs.get("config", "")}),
+        "config": json.dumps({"allow_mismatch": sorted(allowed), "hyper_rtol": hyper_rtol, "floor": floor,
+                              "top": top, "align_threshold": align_threshold,
+                              "commutator_fraction": commutator_fraction, "collapse_tol": collapse_tol,
+                              "order": order}),
         "stopgrad_version": _version(),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "allow_mismatch": ",".join(sorted(allowed)) or "none",
+        "allow_mismatch": ",".join(sorted(allowed)) or "none", "mode_order": order,
         "differences_allowed": "; ".join(differences) or "none",
         "notes": "; ".join(skip_notes + [f"predicted: {n}" for n in notes_p] + [f"measured: {n}" for n in notes_m])
         or "none",

@@ -32,7 +32,7 @@ S0 = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15)
 
 
 def _theory(t_end=20.0, n_save=41, n2=len(P0), p0=P0[: len(P0)], s0=S0, method="byol", on_parabola=False,
-            solver=None, **model):
+            solver=None, grid=None, **model):
     kw = dict(n1=16, n2=n2, method=method, beta=BETA if method == "byol" else None, alpha_p=ALPHA_P, eta=ETA,
               data={"kind": "isotropic", "sigma2": SIGMA2})
     kw.update(model)
@@ -41,7 +41,7 @@ def _theory(t_end=20.0, n_save=41, n2=len(P0), p0=P0[: len(P0)], s0=S0, method="
     kw["data"] = DataSpec(**kw["data"])
     sim = Simulation(model=LinearModel(**kw), engine="modes", t_end=t_end, n_save=n_save, backend="torch",
                      modes=ModeInit(p0=p0[:n2], s0=s0[:n2], on_parabola=on_parabola),
-                     solver=solver or Solver())
+                     solver=solver or Solver(), grid=grid or {})
     return simulate(sim)
 
 
@@ -249,6 +249,81 @@ def test_a_warm_up_schedule_is_summed_step_by_step():
     np.testing.assert_allclose(dense, brute, rtol=2 * total * U, atol=0)
 
 
+def test_a_dataset_recorded_by_the_training_probe(theory):
+    """The real measured format: ``ssl_models.SpectralProbe`` records F-hat = Q diag(s) Q^T and
+    W_p = Q diag(p) Q^T (a random rotation Q) of the theory run at step t / lr_eff, with the lr and EMA
+    momentum a trainer passes, and the trainer's hyperparameter attributes; compare recovers the theory."""
+    import torch
+
+    from stopgrad.ssl_models import ProbeConfig, SpectralProbe
+
+    s, p = theory["s"].values[0], theory["p"].values[0]
+    assert np.any(np.diff(s, axis=-1) > 0), "this per-mode run's modes cross: the pairing must go by rank"
+    lr, mu = 1 / 16, 0.5
+    ema = 1 - BETA * lr / (1 - mu)
+    n = s.shape[-1]
+    Q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))[0]
+    probe = SpectralProbe(ProbeConfig(every=1), steps_per_epoch=40, has_rule_fhat=True)
+    z = torch.randn(8, n, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    for t, s_t, p_t in zip(theory["time"].values, s, p):
+        F = Q @ torch.diag(torch.from_numpy(s_t)) @ Q.T
+        Wp = Q @ torch.diag(torch.from_numpy(p_t)) @ Q.T
+        probe.record(int(t * 8), {"z": z}, 4, fhat=F, Wp=Wp, lr=lr, ema_momentum=ema)
+    attrs = {"lr": lr, "weight_decay": ETA, "predictor_lr": lr * ALPHA_P, "predictor_weight_decay": ETA,
+             "sgd_momentum": mu, "optimizer": "sgd", "ema_momentum": ema, "ema_momentum_schedule": "constant"}
+    meas = probe.to_dataset("byol", "[method]\nname = 'byol'\n", attrs)
+    c = compare(theory, meas)
+    assert c.attrs["measured_time_units"] == "step" and c.attrs["differences_allowed"] == "none"
+    np.testing.assert_array_equal(c["time"].values, theory["time"].values)
+    # the per-mode theory (fixed directions) meets a probe (ranked eigenvalues): paired by rank
+    assert c.attrs["mode_order"] == "rank" and "[method]" in c.attrs["measured_config"]
+    np.testing.assert_array_equal(c["epoch"].values, meas["epoch"].values)
+    rank = np.argsort(-s, axis=-1, kind="stable")
+    np.testing.assert_array_equal(c["s_predicted"].values, np.take_along_axis(s, rank, -1))
+    np.testing.assert_array_equal(c["p_predicted"].values, np.take_along_axis(p, rank, -1))
+    # Weyl: the eigenvalues move by at most the norm of the rounding of Q diag Q^T (<= n gamma_n max|d|,
+    # gamma_n ~ n u) plus eigh's backward error (~ n u ||F||): 4 n^2 u max|d| bounds both
+    assert c["s_abs_error"].max() <= 4 * n * n * U * np.abs(s).max()
+    assert c["p_abs_error"].max() <= 4 * n * n * U * np.abs(p).max()
+    assert float(c["collapse_agreement"]) == 1.0
+    # paired by index instead, crossed modes are compared with the wrong partner
+    assert compare(theory, meas, order="index")["s_rel_error"].max() > 0.1
+
+
+def test_predicted_is_interpolated_onto_the_measured_times(theory):
+    half = 0.5 * float(theory["time"].values[1] - theory["time"].values[0])
+    shifted = theory.assign_coords(time=theory["time"] + half)
+    shifted["time"].attrs["units"] = "flow"
+    c = compare(theory, shifted)
+    assert c.attrs["measured_times_dropped"] == 1  # the last shifted time lies past the predicted run
+    s = theory["s"].values[0]
+    # linear interpolation at the midpoints: (a + b) / 2, up to 2 roundings of max(|a|, |b|)
+    mid = 0.5 * (s[:-1] + s[1:])
+    assert np.all(np.abs(c["s_predicted"].values - mid) <= 2 * U * np.maximum(np.abs(s[:-1]), np.abs(s[1:])))
+    np.testing.assert_array_equal(c["s_measured"].values, s[:-1])
+    np.testing.assert_array_equal(c["time"].values, theory["time"].values[:-1] + half)
+
+
+def test_sampled_sgd_against_its_theory():
+    """Any two contract Datasets compare: finite-batch SGD (source "sampled", flow time t = lr * step)
+    against the matrix flow of the same model; both rank their spectra, so modes pair by index."""
+    from stopgrad.dynamics import SampledSpec
+
+    model = LinearModel(n1=4, n2=2, eta=ETA)
+    theory = simulate(Simulation(model=model, engine="matrix", t_end=0.2, n_save=21, backend="torch"))
+    sampled = simulate(Simulation(model=model, engine="sampled", t_end=0.2, n_save=5,
+                                  sampled=SampledSpec(lr=0.01, batch=16)))
+    c = compare(theory, sampled)
+    assert c.attrs["mode_order"] == "index" and c.attrs["measured_source"] == "sampled"
+    assert c.attrs["differences_allowed"] == "none" and c.attrs["measured_times_dropped"] == 0
+    # the sampled run's save times are nodes of the theory's grid: no interpolation there
+    idx = np.searchsorted(theory["time"].values, sampled["time"].values)
+    np.testing.assert_allclose(theory["time"].values[idx], sampled["time"].values, rtol=4 * U)
+    np.testing.assert_allclose(c["s_predicted"].values, theory["s"].values[0, idx], rtol=8 * U, atol=0)
+    np.testing.assert_array_equal(c["s_measured"].values, sampled["s"].values[0])
+    assert np.all(np.isfinite(c["s_rel_error"].values)) and np.all(c["s_rel_error"].values[0] == 0.0)
+
+
 # ---------------------------------------------------------------------------------- (d) Theorem 1
 def test_parabola_distance_of_an_exact_construction_is_round_off():
     from stopgrad.analysis.comparison import parabola_distance
@@ -338,6 +413,9 @@ def test_collapse_confusion_on_a_per_mode_run():
     assert list(conf["predicted"].values) == ["survives", "dies"] and conf.dims == ("predicted", "measured")
     np.testing.assert_array_equal(conf.values, [[3, 0], [1, 1]])
     assert float(c["collapse_agreement"]) == 0.8
+    # a mode dead in both runs (under the floor) agrees: no relative or log error from round-off
+    assert c["s_measured"].values[-1, 4] < c.attrs["floor_s"] and c["s_predicted"].values[-1, 4] < c.attrs["floor_s"]
+    assert c["s_rel_error"].values[-1, 4] == 0.0 and c["s_log_error"].values[-1, 4] == 0.0
     assert "80.0 %" in format_comparison(c)
     # the rule is s_j(T) < collapse_tol * max s(0): a tolerance just above a surviving mode's ratio kills it
     s = pred["s"].values[0]
@@ -374,3 +452,12 @@ def test_compare_verb_end_to_end(tmp_path, capsys, theory):
     assert "eta: predicted 0.01, measured 0.02" in err and not (tmp_path / "no.nc").exists()
     assert main(["compare", str(pred), str(other), "--allow-mismatch", "eta,eta_p"]) == 0
     assert "allowed differences: eta: predicted 0.01, measured 0.02" in capsys.readouterr().out
+    # a sweep file: one run at a time
+    sweep = tmp_path / "sweep.nc"
+    write_netcdf(_theory(n_save=161, grid={"eta": [0.02, ETA]}), sweep)
+    assert main(["compare", str(pred), str(sweep)]) == 2
+    assert "measured: has 2 runs" in capsys.readouterr().err
+    assert main(["compare", str(pred), str(sweep), "--measured-run", "1", "--order", "index"]) == 0
+    assert "collapse agreement" in capsys.readouterr().out
+    assert main(["compare", str(pred), str(sweep), "--measured-run", "2"]) == 2
+    assert "--measured-run = 2: the file has 2 runs" in capsys.readouterr().err
