@@ -66,8 +66,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         outer = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""  # torch's first sentence
         raise TrainingError(f"{path}: unreadable checkpoint, truncated or corrupt "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                            f"({type(exc).__name__}{': ' + first if first else ''})") from None
     if isinstance(outer, dict) and outer.get("format") == CHECKPOINT_FORMAT:
         payload = outer.get("payload")
         payload = payload.numpy().tobytes() if isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8 else b""
