@@ -178,10 +178,24 @@ def _engine() -> str:
     return "scipy"  # netCDF3; no int64 or unicode variables, see write_netcdf
 
 
+#: the mode of a new file before the umask (what ``open(path, "w")`` asks for)
+_DEFAULT_FILE_MODE = 0o666
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it; ``os`` has no plain getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; when the block succeeds, fsync it and rename it onto
-    ``path`` (atomic on POSIX), so a reader never sees a half-written file. On error it is removed."""
+    ``path`` (atomic on POSIX), so a reader never sees a half-written file. On error it is removed.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (0666 less the umask), not the 0600
+    of the temporary file, so colleagues sharing the folder can read it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -190,6 +204,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _DEFAULT_FILE_MODE & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

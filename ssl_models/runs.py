@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from stopgrad.analysis import atomic_path
+
 from .augment import EvalTransform
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import TrainConfig
@@ -66,5 +68,6 @@ def evaluate_run(cfg: TrainConfig, out_dir, *, data_root=None, device: str = "au
     if linear:
         result.update(linear_probe(backbone, data, ev, transform, dev, amp, seed=cfg.train.seed, features=(bank, test)))
     result["seconds"] = time.perf_counter() - t0
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    with atomic_path(out_dir / "eval.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     return result
