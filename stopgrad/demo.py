@@ -33,8 +33,8 @@ def _line(report: list[str], text: str) -> None:
 #: the demo's matched runs: (folder, config file in configs/, overrides that keep the demo short)
 DEMO_EXPERIMENTS = (
     ("rung1-byol", "experiment-rung1-byol.toml", ["linear.steps=1000", "linear.moment_images=4000"]),
-    ("rung2-byol", "experiment-rung2-byol.toml", ["train.epochs=3"]),
-    ("rung2-simsiam", "experiment-rung2-simsiam.toml", ["train.epochs=3"]),
+    ("rung2-byol", "experiment-rung2-byol.toml", ["train.epochs=2"]),
+    ("rung2-simsiam", "experiment-rung2-simsiam.toml", ["train.epochs=2"]),
 )
 FULL_EXPERIMENT = ("rung3-byol", "experiment-rung3-byol.toml", [])
 #: rung 1 "agrees" when the median relative error of s over the top modes at the end is below this
@@ -129,7 +129,7 @@ ABLATIONS = (
     ("directpred", {"predictor": {"kind": "linear", "rule": {"name": "directpred"}}}),
     ("directcopy", {"predictor": {"kind": "linear", "rule": {"name": "directcopy"}}}),
 )
-ABLATION_STEPS = 48
+ABLATION_STEPS = 32
 
 
 def _ablation_section(report: list[str], out: Path, progress: bool) -> dict:
