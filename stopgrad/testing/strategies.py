@@ -268,10 +268,12 @@ def _matrix_list(draw, n: int) -> list[list[float]]:
 @st.composite
 def model_tables(draw, *, max_n1: int = 6, methods=("byol", "simsiam"),
                  predictors=("learned", "symmetric", "identity", "rule"),
-                 data_kinds=("isotropic", "additive", "general"), wa=("zero", "copy", "random")) -> dict:
+                 data_kinds=("isotropic", "additive", "general"), wa=("zero", "copy", "random"),
+                 min_signal: float = 0.0) -> dict:
     """A valid ``[model]`` table (with ``[model.data]``, ``[model.init]`` and ``[model.rule]`` sub-tables)
     of the linear model, as the TOML loader reads it: ``stopgrad.config.build(LinearModel, table)``
-    accepts it (see :func:`linear_models`)."""
+    accepts it (see :func:`linear_models`). ``min_signal`` bounds the additive model's signal entries
+    from below (the per-mode engine needs them > 0)."""
     n1 = draw(st.integers(1, max_n1))
     n2 = draw(st.integers(1, n1))
     method = draw(st.sampled_from(tuple(methods)))
@@ -291,7 +293,7 @@ def model_tables(draw, *, max_n1: int = 6, methods=("byol", "simsiam"),
     if kind == "isotropic":
         data["sigma2"] = draw(_unit(0.0, 2.0))
     elif kind == "additive":
-        data["signal"] = draw(st.lists(_unit(0.0, 4.0), min_size=n1, max_size=n1))
+        data["signal"] = draw(st.lists(_unit(min_signal, 4.0), min_size=n1, max_size=n1))
         data["noise"] = draw(st.lists(_unit(0.0, 4.0), min_size=n1, max_size=n1))
     else:
         data["X"] = _matrix_list(draw, n1)
@@ -342,7 +344,7 @@ def simulation_documents(draw, *, engines=("matrix", "modes", "symmetrized", "sa
     if engine == "symmetrized":
         kw.update(data_kinds=("isotropic",))
     if engine == "modes":
-        kw.update(data_kinds=("isotropic", "additive"), wa=("zero", "copy"))
+        kw.update(data_kinds=("isotropic", "additive"), wa=("zero", "copy"), min_signal=0.01)
     model = draw(model_tables(**kw))
     doc: dict = {"model": model}
     sim: dict = {"engine": engine, "t_end": draw(_unit(0.01, 100.0)), "n_save": draw(st.integers(2, 50))}
@@ -359,8 +361,10 @@ def simulation_documents(draw, *, engines=("matrix", "modes", "symmetrized", "sa
     if engine == "modes":
         n2 = model["n2"]
         per_mode = draw(st.booleans())
-        p0 = draw(st.lists(_unit(-1.0, 2.0), min_size=n2, max_size=n2)) if per_mode else draw(_unit(-1.0, 2.0))
-        doc["modes"] = {"p0": p0, "s0": draw(_unit(0.01, 2.0)), "on_parabola": draw(st.booleans())}
+        parabola = draw(st.booleans())
+        p0s = _unit(-1.0, 2.0).filter(lambda v: abs(v) >= 1e-3) if parabola else _unit(-1.0, 2.0)  # s0 = p0^2 / alpha_p
+        p0 = draw(st.lists(p0s, min_size=n2, max_size=n2)) if per_mode else draw(p0s)
+        doc["modes"] = {"p0": p0, "s0": draw(_unit(0.01, 2.0)), "on_parabola": parabola}
     if engine == "sampled":
         gradient = draw(st.sampled_from(("autograd", "moments", "wishart", "expected")))
         batch = draw(st.integers(2 * model["n1"] if gradient == "wishart" else 1, 512))
@@ -369,6 +373,8 @@ def simulation_documents(draw, *, engines=("matrix", "modes", "symmetrized", "sa
     if with_grid:
         keys = draw(st.lists(st.sampled_from(_GRID[engine]), min_size=1, max_size=2, unique=True))
         doc["grid"] = {k: _grid_values(draw, k) for k in keys}
+        if doc.get("modes", {}).get("on_parabola") and "p0" in doc["grid"]:
+            doc["grid"]["p0"] = [v if abs(v) >= 1e-3 else 0.5 for v in doc["grid"]["p0"]]
     return doc
 
 
@@ -379,7 +385,8 @@ _NAN = float("nan")
 def invalid_simulation_documents(draw, **kwargs) -> tuple[dict, str]:
     """(document, key): a :func:`simulation_documents` document with exactly one mistake, and the key
     path the ConfigError must name (``err.key == key``). Mistakes: unknown table or key, wrong type,
-    NaN, a value out of range, an unknown choice, n2 > n1, an unsweepable or empty grid entry."""
+    NaN, a value out of range, an unknown choice, n2 > n1, an unsweepable or empty grid entry, and for the
+    per-mode engine a mode without signal or p0 = 0 on the parabola."""
     import copy
 
     doc = copy.deepcopy(draw(simulation_documents(**kwargs)))
@@ -403,6 +410,9 @@ def invalid_simulation_documents(draw, **kwargs) -> tuple[dict, str]:
     }
     if doc["simulate"]["engine"] == "modes":  # these keys are caught by the model's table of modes
         mistakes.pop("negative sigma2")
+        mistakes["mode without signal"] = lambda: (
+            model["data"].update(kind="additive", signal=[0.0] * model["n1"], noise=[0.5] * model["n1"]), "model.data")
+        mistakes["p0 = 0 on the parabola"] = lambda: (doc["modes"].update(p0=0.0, on_parabola=True), "modes.p0")
     name = draw(st.sampled_from(sorted(mistakes)))
     _, key = mistakes[name]()
     return doc, key

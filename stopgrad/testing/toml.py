@@ -10,7 +10,7 @@ import re
 
 __all__ = ["to_toml", "toml_key", "toml_value"]
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # used with fullmatch: "$" would accept a trailing newline
 #: characters a TOML basic string must escape: quote, backslash, and the controls other than tab.
 _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
@@ -31,7 +31,7 @@ def toml_string(text: str) -> str:
 
 def toml_key(key: str) -> str:
     """A bare key when TOML allows it, else a quoted one."""
-    return key if _BARE_KEY.match(key) else toml_string(key)
+    return key if _BARE_KEY.fullmatch(key) else toml_string(key)
 
 
 def toml_value(value) -> str:

@@ -254,3 +254,58 @@ def test_the_per_mode_system_is_equivariant_under_permuting_modes(k, seed, alpha
     db = b.layout.views(b.rhs(zero, b.y0, b.params))
     for key in da:
         assert torch.equal(da[key][0][perm], db[key][0]), key
+
+
+def _short(doc: dict, t_end: float = 0.5) -> dict:
+    """The document on a short horizon with an adaptive solver (the property is about the bookkeeping)."""
+    doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in doc.items()}
+    doc["simulate"] = dict(doc["simulate"], t_end=min(doc["simulate"]["t_end"], t_end), n_save=3)
+    doc["solver"] = {"method": "dop853", "rtol": 1e-10, "atol": 1e-12}
+    return doc
+
+
+@HEAVY
+@given(sgst.simulation_documents(engines=("matrix", "modes"), max_n1=4, grid=True))
+def test_a_sweep_is_the_product_of_its_grid_and_each_run_equals_the_run_alone(doc):
+    """simulate() of a [grid] gives one run per point of the Cartesian product (in itertools.product
+    order, the last key fastest), with the swept values as run coordinates, and every run equals the
+    same configuration simulated alone: runs in a batch are independent (each has its own step-size
+    control), so they agree to the solver's tolerance (a few rtol of the values' size)."""
+    import itertools
+    import warnings
+
+    from stopgrad.cmd_dynamics import simulation_from_dict
+    from stopgrad.dynamics import simulate
+
+    doc = _short(doc)
+    sim = simulation_from_dict(doc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a failing run is reported in `status`
+        ds = simulate(sim)
+    keys = list(doc["grid"])
+    points = list(itertools.product(*(doc["grid"][k] for k in keys)))
+    assert ds.sizes["run"] == len(points) == sim.n_runs and ds.sizes["time"] == 3
+    for i, point in enumerate(points):
+        assert tuple(float(ds[k].values[i]) for k in keys) == tuple(float(v) for v in point)
+    i = len(points) - 1  # the last run, alone
+    alone = _short(dict(doc, grid={}))
+    for k, v in zip(keys, points[i]):
+        if k in ("p0", "s0"):
+            alone["modes"] = dict(alone.get("modes", {}), **{k: v})
+        elif k in ("seed", "w_scale"):
+            alone["model"] = dict(alone["model"], init=dict(alone["model"]["init"], **{k: v}))
+        else:
+            alone["model"] = dict(alone["model"], **{k: v})
+            if k == "eta" and "eta_p" not in alone["model"] and "eta_p" not in keys:
+                pass  # eta_p follows eta run by run, as it does alone
+    alone.pop("grid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        one = simulate(simulation_from_dict(alone))
+    assert str(one["status"].values[0]) == str(ds["status"].values[i])
+    if str(one["status"].values[0]) != "ok":
+        return
+    for key in ("s", "weight_norm", "loss"):
+        a, b = ds[key].values[i], one[key].values[0]
+        scale = max(1.0, float(np.nanmax(np.abs(b))))
+        assert np.allclose(a, b, rtol=0, atol=100 * 1e-10 * scale, equal_nan=True), key
