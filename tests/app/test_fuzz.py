@@ -155,8 +155,8 @@ def cheap(doc: dict) -> dict:
     sim["n_save"] = min(int(sim.get("n_save", 101)), 3)
     for k, v in doc.get("grid", {}).items():
         doc["grid"][k] = v[:2]
-    if "sampled" in doc:
-        doc["sampled"]["steps_per_unit"] = min(doc["sampled"].get("steps_per_unit", 10), 10)
+    if sim.get("engine") == "sampled":  # t_end / lr SGD steps: keep it to about 50
+        sim["t_end"] = min(sim["t_end"], 50 * float(doc.get("sampled", {}).get("lr", 0.01)))
     return doc
 
 
