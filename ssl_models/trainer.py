@@ -174,7 +174,8 @@ def _log(msg: str) -> None:
 def derived_seed(seed: int, salt: int) -> int:
     """The seed of one stream (augmentation, data order, the method's draws) from ``train.seed``:
     ``(seed * 1_000_003 + salt) mod 2**63``, within torch's seed range for every seed in [0, 2**63 - 1]
-    (without the modulus, seeds above 2**63 / 1_000_003 ~ 9.2e12 overflowed); unchanged below that."""
+    (without the modulus, seeds above 2**63 / 1_000_003 ~ 9.2e12 overflowed); unchanged below that. 1_000_003
+    is odd, so seed -> derived seed is a bijection of [0, 2**63): two seeds never share a stream."""
     return (int(seed) * 1_000_003 + int(salt)) % 2**63
 
 

@@ -92,7 +92,7 @@ def _run(args, require_grid: bool) -> int:
     from stopgrad.analysis import write_netcdf
     from stopgrad.dynamics import SiameseSimulation, simulate, simulate_siamese
 
-    from .guards import check_fits, check_output, simulation_memory
+    from .guards import check_fits, check_output, check_steps, simulation_memory
 
     sim = _load_simulation(args.config)
     if isinstance(sim, SiameseSimulation):
@@ -102,6 +102,7 @@ def _run(args, require_grid: bool) -> int:
     check_output(args.out, inputs=[args.config])
     need, detail = simulation_memory(sim)
     check_fits(need, detail, "grid" if sim.grid else "model", f"{sim.n_runs} run(s)")
+    check_steps(sim)
     print(_plan(sim, args.out), file=sys.stderr, flush=True)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     with warnings.catch_warnings(record=True) as caught:

@@ -16,8 +16,12 @@ from pathlib import Path
 
 from stopgrad.dynamics import ConfigError, check_seed
 
-__all__ = ["available_memory", "check_device", "check_fits", "check_output", "check_seed", "format_bytes",
-           "simulation_memory", "train_memory"]
+__all__ = ["available_memory", "check_device", "check_fits", "check_output", "check_seed", "check_steps",
+           "format_bytes", "simulation_memory", "simulation_steps", "train_memory"]
+
+#: length of the stability interval of each explicit method on the negative real axis (h * rate <= this):
+#: Hairer & Wanner, Solving ODEs II, Fig. IV.2.1 (DOPRI5 ~3.3, DOP853 ~6.0)
+STABILITY = {"dopri5": 3.3, "dop853": 6.0}
 
 FLOAT64 = 8  # bytes
 FLOAT32 = 4  # bytes: training activations and weights (fp32 master weights even under bf16 autocast)
@@ -212,3 +216,67 @@ def train_memory(cfg) -> tuple[int, str]:
         parts["queue"] = cfg.method.queue_size * pj.out_dim * FLOAT32
     need = sum(parts.values())
     return need, ", ".join(f"{name} {format_bytes(v)}" for name, v in parts.items() if v)
+
+
+def _values(sim, key: str, scalar) -> list[float]:
+    return [float(v) for v in sim.grid.get(key, [scalar])]
+
+
+def simulation_steps(sim) -> tuple[float, str]:
+    """An estimate of the steps ``sim`` needs, and the rate that sets it.
+
+    Sampled SGD: t_end / lr steps, exactly. The flows (adaptive explicit methods): an explicit method is
+    stable only for h * rate <= STABILITY[method], so the fastest linear rate of the right-hand side sets
+    a step count t_end * rate / STABILITY. The rates counted are the coefficients of the linear terms of
+    Eqs. 2-4: the weight decays eta, eta_p, the EMA rate beta, alpha_p eta_p, the data term
+    lam |W_p|^2 of dW/dt (|W_p| ~ wp_scale, or the rule's largest eigenvalue 1 + eps) and alpha_p lam |W|^2
+    of dW_p/dt (|W| ~ w_scale; s0 and p0 on the per-mode engine), lam the largest eigenvalue of X + X'.
+    The largest over the grid. rk4 (fixed steps, bounded by max_steps itself) returns 0."""
+    m = sim.model
+    T = sim.t_end
+    if sim.engine == "sampled":
+        lr = sim.sampled.lr if sim.sampled is not None else 0.01
+        return T / lr, f"sampled SGD takes t_end / lr = {T:g} / {lr:g} steps"
+    if sim.solver.method not in STABILITY:
+        return 0.0, ""
+    import numpy as np
+
+    if m.data.kind == "isotropic":
+        lam = 1.0 + max(_values(sim, "sigma2", m.data.sigma2))
+    elif m.data.kind == "additive":
+        lam = max(a + b for a, b in zip(m.data.signal, m.data.noise))
+    else:
+        lam = float(np.abs(np.asarray(m.data.X, float) + np.asarray(m.data.X_prime, float)).sum(1).max())
+    alpha = max(_values(sim, "alpha_p", m.alpha_p))
+    eta = max(_values(sim, "eta", m.eta))
+    eta_p = max(_values(sim, "eta_p", m.eta_pred) + [eta])
+    if sim.engine == "modes":
+        w2 = max(np.max(np.abs(_values(sim, "s0", 0.0) if "s0" in sim.grid else np.atleast_1d(sim.modes.s0))), 0.0)
+        wp = float(np.max(np.abs(_values(sim, "p0", 0.0) if "p0" in sim.grid else np.atleast_1d(sim.modes.p0))))
+    else:
+        w2 = max(_values(sim, "w_scale", m.init.w_scale)) ** 2
+        wp = max(_values(sim, "wp_scale", m.init.wp_scale))
+    if m.predictor == "rule" and m.rule is not None:
+        wp = max(wp, 1.0 + float(getattr(m.rule, "eps", 0.0)))
+    elif m.predictor == "identity":
+        wp = 1.0
+    rates = {"eta": eta, "eta_p": eta_p, "alpha_p * eta_p": alpha * eta_p,
+             "(1 + sigma2) |W_p|^2": lam * wp * wp, "alpha_p (1 + sigma2) |W|^2": alpha * lam * w2}
+    if m.method == "byol":
+        rates["beta"] = max(_values(sim, "beta", m.beta or 0.0))
+    if sim.engine == "symmetrized":
+        rates["tau"] = max(_values(sim, "tau", sim.tau))
+    name, rate = max(rates.items(), key=lambda kv: kv[1])
+    radius = STABILITY[sim.solver.method]
+    return T * rate / radius, (f"t_end = {T:g} at the rate {name} ~ {rate:.3g} needs about t_end * rate / "
+                               f"{radius:g} steps of {sim.solver.method}")
+
+
+def check_steps(sim) -> None:
+    """Refuse a simulation whose step estimate (:func:`simulation_steps`) exceeds solver.max_steps:
+    it could only end in a slow "max steps" failure."""
+    steps, detail = simulation_steps(sim)
+    limit = sim.solver.max_steps
+    if steps > limit:
+        raise ConfigError("solver.max_steps", limit, f"too few: {detail} = {steps:.3g}; lower that rate or t_end "
+                                                     f"(or raise solver.max_steps to run it anyway)")

@@ -48,6 +48,7 @@ CASE_SECONDS = 60  # a case running longer is a hang: the slowest legitimate cas
 CONFIG_ERROR = re.compile(r"^stopgrad: error: [^\s=][^=]* = .+: .+")
 ARGPARSE_ERROR = re.compile(r"^stopgrad( \w+)?: error: (argument |unrecognized arguments|the following arguments)")
 OTHER_ERROR = re.compile(r"^stopgrad: error: \S.*")
+PLAN = re.compile(r"^stopgrad: (\d+ run\(s\)|train )")  # the plan line a verb prints before its work
 
 
 class _Timeout(BaseException):
@@ -56,7 +57,7 @@ class _Timeout(BaseException):
 
 @dataclass
 class Outcome:
-    kind: str  # "ok", "refused", "unclear", "unhandled", "hang", "failed-check"
+    kind: str  # "ok", "refused", "unclear", "unhandled", "hang", "slow", "failed-check"
     rc: int | None
     line: str  # the error line (or the exception)
     seconds: float
@@ -78,7 +79,12 @@ def run_cli(argv: list[str], timeout: float = CASE_SECONDS) -> Outcome:
             except SystemExit as e:  # argparse
                 rc = e.code if isinstance(e.code, int) else 2
     except _Timeout:
-        return Outcome("hang", None, f"no result after {timeout:g} s", time.perf_counter() - start, argv)
+        # "slow": a valid input doing announced work (its plan line was printed after every check, and
+        # its steps are bounded by solver.max_steps and its memory by the estimate); "hang": no plan line
+        plan = [ln for ln in err.getvalue().splitlines() if PLAN.match(ln)]
+        kind = "slow" if plan else "hang"
+        return Outcome(kind, None, plan[0] if plan else f"no result after {timeout:g} s",
+                       time.perf_counter() - start, argv)
     except BaseException as e:  # noqa: BLE001 - the point of the fuzz
         exc = e
     finally:
@@ -155,8 +161,8 @@ def cheap(doc: dict) -> dict:
     sim["n_save"] = min(int(sim.get("n_save", 101)), 3)
     for k, v in doc.get("grid", {}).items():
         doc["grid"][k] = v[:2]
-    if "sampled" in doc:
-        doc["sampled"]["steps_per_unit"] = min(doc["sampled"].get("steps_per_unit", 10), 10)
+    if sim.get("engine") == "sampled":  # t_end / lr SGD steps: keep it to about 50
+        sim["t_end"] = min(sim["t_end"], 50 * float(doc.get("sampled", {}).get("lr", 0.01)))
     return doc
 
 
@@ -284,6 +290,7 @@ class Tally:
         kinds = Counter(o.kind for o, _ in self.outcomes)
         return {"inputs": len(self.outcomes), **kinds,
                 "bad": [{"kind": o.kind, "what": w, "argv": o.argv, "line": o.line} for o, w in self.bad()],
+                "slow_cases": [{"what": w, "argv": o.argv, "plan": o.line} for o, w in self.outcomes if o.kind == "slow"],
                 "messages": sorted({o.line for o, _ in self.outcomes if o.kind == "refused"})}
 
 
