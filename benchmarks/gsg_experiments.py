@@ -83,25 +83,30 @@ def worlds(out: Path, n_seeds: int = 16) -> dict:
     return res
 
 
-def nopred(out: Path, n_seeds: int = 8) -> dict:
-    sim = SiameseSimulation(steps=1000, n_save=21, data=SiameseData(n1=16, n_points=64, n_clusters=4, cluster_sep=3.0,
+def nopred(out: Path, n_seeds: int = 8, steps: int = 1000, encoders=("linear", "mlp"),
+           methods=("simsiam", "simsiam-random", "gsg", "gsg-reverse"), name: str = "nopred") -> dict:
+    sim = SiameseSimulation(steps=steps, n_save=21, data=SiameseData(n1=16, n_points=64, n_clusters=4, cluster_sep=3.0,
                                                                      cluster_std=0.5, aug_std=0.5),
                             train=SiameseSpec(n2=8, hidden=32, predictor=False, loss="cosine", lr=0.05, batch=128),
-                            grid={"encoder": ["linear", "mlp"], "method": ["simsiam", "simsiam-random", "gsg", "gsg-reverse"],
-                                  "seed": list(range(n_seeds))})
+                            grid={"encoder": list(encoders), "method": list(methods), "seed": list(range(n_seeds))})
     ds = simulate_siamese(sim)
-    write_netcdf(ds, out / "nopred-sampled.nc")
-    res = {}
-    for enc in ("linear", "mlp"):
-        for meth in ("simsiam", "simsiam-random", "gsg", "gsg-reverse"):
+    write_netcdf(ds, out / f"{name}-sampled.nc")
+    res = {"steps": steps, "lr": 0.05}
+    for enc in encoders:
+        for meth in methods:
             sel = ds.where((ds["encoder"] == enc) & (ds["method"] == meth), drop=True)
             row = {m: ci(sel[m].values[:, -1]) for m in ("std_l2", "effective_rank", "neg_dist", "uniformity", "knn_acc")}
             row["verdicts"] = {str(v): int((sel["verdict"].values == v).sum()) for v in np.unique(sel["verdict"].values)}
             res[f"{enc}/{meth}"] = row
-            print(f"[nopred] {enc:6s} {meth:14s} std_l2 {fmt(row['std_l2'])} erank {fmt(row['effective_rank'])} "
+            print(f"[{name}] {enc:6s} {meth:14s} std_l2 {fmt(row['std_l2'])} erank {fmt(row['effective_rank'])} "
                   f"knn {fmt(row['knn_acc'])} {row['verdicts']}", flush=True)
     res["isotropic_std_l2"] = 1 / math.sqrt(8)
     return res
+
+
+def nopred_long(out: Path) -> dict:
+    """The two-layer encoder four times longer (4000 steps), for the verdicts."""
+    return nopred(out, steps=4000, encoders=("mlp",), methods=("simsiam", "gsg", "gsg-reverse"), name="nopred_long")
 
 
 def batch(out: Path, n_seeds: int = 4) -> dict:
@@ -127,7 +132,7 @@ def batch(out: Path, n_seeds: int = 4) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("parts", nargs="+", choices=["worlds", "nopred", "batch"])
+    ap.add_argument("parts", nargs="+", choices=["worlds", "nopred", "nopred_long", "batch"])
     ap.add_argument("--out", default="out/gsg", help="folder for the netCDF files (not committed)")
     args = ap.parse_args()
     torch.set_num_threads(1)
