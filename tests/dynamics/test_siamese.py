@@ -175,3 +175,13 @@ def test_runs_are_batched_not_looped_and_reproducible():
     alone = simulate_siamese(SiameseSimulation(steps=3, n_save=2, eval_size=16, data=SiameseData(n1=4, n_points=8),
                                                train=SiameseSpec(n2=2, batch=8), grid={"seed": [5]}))
     np.testing.assert_array_equal(a["neg_dist"].values[1, 0], alone["neg_dist"].values[0, 0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gsg_flow_vs_sampled", "contrastive_pca"])
+def test_slow_gsg_checks_pass(name):
+    """The two sampled checks (1/sqrt(batch) convergence to the expected update; linear SimCLR ~ PCA)."""
+    from stopgrad.dynamics import theorems as th
+
+    res = th.run_checks(seed=1, only=[name])[0]
+    assert res.passed, (res.name, res.residual, res.tolerance, res.detail)
