@@ -35,7 +35,7 @@ def estimation_floor(folder: Path, moment_images: int) -> dict:
     import dataclasses
 
     from stopgrad.analysis import compare, comparison_scores, open_dataset
-    from stopgrad.experiment import _rung1_theory, load_experiment
+    from stopgrad.experiment import rung1_theory, load_experiment
     from stopgrad.ssl_models import DataConfig, LinearRun, load_image_data
 
     exp = load_experiment(folder / "config.toml")
@@ -49,7 +49,7 @@ def estimation_floor(folder: Path, moment_images: int) -> dict:
     st.update(X=X2, X_prime=Xp2)
     np.savez(alt / "state.npz", **st)
     first = open_dataset(folder / "theory_init.nc")
-    second = _rung1_theory(exp, alt, measured, "init")
+    second = rung1_theory(exp, alt, measured, "init")
     sc = comparison_scores(compare(first, second))
     return {"s_rel_error_final": sc["s_rel_error_final"], "s_rel_error_all": sc["s_rel_error_all"],
             "X_relative_difference": float(np.linalg.norm(X2 - np.load(folder / "state.npz")["X"])

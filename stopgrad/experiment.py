@@ -110,13 +110,15 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _cached(out: Path, name: str, key: str, force: bool) -> bool:
+def stage_cached(out: Path, name: str, key: str, force: bool = False) -> bool:
+    """Stage ``name`` of the folder ``out`` is cached: its ``name.nc`` exists and was made from config ``key``."""
     stamp = out / "stages.json"
     done = json.loads(stamp.read_text()) if stamp.is_file() else {}
     return not force and done.get(name) == key and (out / f"{name}.nc").is_file()
 
 
-def _mark(out: Path, name: str, key: str) -> None:
+def mark_stage(out: Path, name: str, key: str) -> None:
+    """Record in ``out/stages.json`` (atomically) that stage ``name`` was made from config ``key``."""
     from stopgrad.analysis import atomic_path
 
     stamp = out / "stages.json"
@@ -167,7 +169,7 @@ def _shift_time(ds: xr.Dataset, t0: float) -> xr.Dataset:
 
 
 # ------------------------------------------------------------------------------------------------ rung 1
-def _rung1_measured(exp: Experiment, out: Path, data_root, progress: bool):
+def rung1_measured(exp: Experiment, out: Path, data_root, progress: bool):
     from stopgrad.analysis import write_netcdf
     from stopgrad.ssl_models import DataConfig, LinearRun, load_image_data
 
@@ -189,7 +191,7 @@ def _rung1_measured(exp: Experiment, out: Path, data_root, progress: bool):
     return ds
 
 
-def _rung1_theory(exp: Experiment, out: Path, measured: xr.Dataset, which: str):
+def rung1_theory(exp: Experiment, out: Path, measured: xr.Dataset, which: str):
     from stopgrad.dynamics import DataSpec, InitialState, LinearModel, Simulation, Solver, simulate
 
     cfg = exp.run
@@ -213,7 +215,7 @@ def _rung1_theory(exp: Experiment, out: Path, measured: xr.Dataset, which: str):
 
 
 # ------------------------------------------------------------------------------------------------ rung 2
-def _rung2_measured(exp: Experiment, out: Path, data_root, device: str, progress: bool):
+def rung2_measured(exp: Experiment, out: Path, data_root, device: str, progress: bool):
     from dataclasses import replace
 
     from stopgrad.analysis import open_dataset, write_netcdf
@@ -233,7 +235,7 @@ def _rung2_measured(exp: Experiment, out: Path, data_root, device: str, progress
     return ds
 
 
-def _rung2_theory(exp: Experiment, measured: xr.Dataset, which: str):
+def rung2_theory(exp: Experiment, measured: xr.Dataset, which: str):
     """The per-mode system from the measured state at step 0 ("init") or k0 ("forward")."""
     from stopgrad.dynamics import DataSpec, InitialState, LinearModel, Simulation, Solver, simulate
 
@@ -320,26 +322,26 @@ def run_experiment(path: str | Path, out: str | Path, data_root=None, device: st
     key = exp.key
     timings = {}
     t = time.perf_counter()
-    if _cached(out, "measured", key, force):
+    if stage_cached(out, "measured", key, force):
         measured = open_dataset(out / "measured.nc")
         _say(progress, "measured: cached")
     else:
-        measured = (_rung1_measured(exp, out, data_root, progress) if exp.spec.rung == 1
-                    else _rung2_measured(exp, out, data_root, device, progress))
-        _mark(out, "measured", key)
+        measured = (rung1_measured(exp, out, data_root, progress) if exp.spec.rung == 1
+                    else rung2_measured(exp, out, data_root, device, progress))
+        mark_stage(out, "measured", key)
     timings["measured"] = time.perf_counter() - t
     summary = {"rung": exp.spec.rung, "method": measured.attrs.get("method"), "key": key, "scores": {}}
     for which in ("init", "forward"):
         t = time.perf_counter()
         name = f"theory_{which}"
-        if _cached(out, name, key, force):
+        if stage_cached(out, name, key, force):
             theory = open_dataset(out / f"{name}.nc")
         else:
             _say(progress, f"theory ({which}): integrating")
-            theory = (_rung1_theory(exp, out, measured, which) if exp.spec.rung == 1
-                      else _rung2_theory(exp, measured, which))
+            theory = (rung1_theory(exp, out, measured, which) if exp.spec.rung == 1
+                      else rung2_theory(exp, measured, which))
             write_netcdf(theory, out / f"{name}.nc")
-            _mark(out, name, key)
+            mark_stage(out, name, key)
         timings[name] = time.perf_counter() - t
         meas = measured if exp.spec.rung == 1 else measured_as_theory(measured)
         meas = meas.sel(time=meas["time"] >= theory.attrs["start_step"])

@@ -74,11 +74,6 @@ def _flow_grid(cfg, x: str, y: str) -> dict:
     return grid
 
 
-def _stamp(out: Path) -> dict:
-    stamp = out / "stages.json"
-    return json.loads(stamp.read_text()) if stamp.is_file() else {}
-
-
 def _rung1_grid(exp, x: str, y: str, out: Path, data_root, force: bool, progress: bool):
     """Rung 1: one batched LinearRun over the grid and one batched theory sweep.
 
@@ -87,9 +82,10 @@ def _rung1_grid(exp, x: str, y: str, out: Path, data_root, force: bool, progress
     from stopgrad.dynamics import DataSpec, InitialState, LinearModel, Simulation, Solver, simulate
     from stopgrad.ssl_models import DataConfig, LinearRun, load_image_data
 
+    from .experiment import mark_stage, stage_cached
+
     cfg = dataclasses.replace(exp.run, grid={x: exp.phase[x], y: exp.phase[y]})
-    done = _stamp(out)
-    if not force and done.get("measured") == exp.key and (out / "measured.nc").is_file():
+    if stage_cached(out, "measured", exp.key, force):
         measured = open_dataset(out / "measured.nc")
         st = np.load(out / "state.npz")
         X, Xp, init = st["X"], st["X_prime"], {k: st[k] for k in ("W", "Wp", "Wa")}
@@ -104,8 +100,8 @@ def _rung1_grid(exp, x: str, y: str, out: Path, data_root, force: bool, progress
         X, Xp = run.X, run.X_prime
         init = {k: v.numpy() for k, v in run.init.items()}
         np.savez(out / "state.npz", X=X, X_prime=Xp, **init)
-        done["measured"] = exp.key
-    if not force and done.get("theory") == exp.key and (out / "theory.nc").is_file():
+        mark_stage(out, "measured", exp.key)
+    if stage_cached(out, "theory", exp.key, force):
         theory = open_dataset(out / "theory.nc")
     else:
         base = cfg.run_table()
@@ -123,8 +119,7 @@ def _rung1_grid(exp, x: str, y: str, out: Path, data_root, force: bool, progress
             print(f"phase: theory sweep of {sim.n_runs} matrix flows", flush=True)
         theory = simulate(sim)
         write_netcdf(theory, out / "theory.nc")
-        done["theory"] = exp.key
-    (out / "stages.json").write_text(json.dumps(done, indent=1))
+        mark_stage(out, "theory", exp.key)
     coords = {x: measured[x].values, y: measured[y].values}
     eta_c = eta_critical_modes(X, Xp)[: cfg.n2]
     return measured["s"].values, theory["s"].values, coords, eta_c, float(cfg.lr * cfg.steps)
@@ -145,7 +140,7 @@ def _rung2_grid(exp, x: str, y: str, out: Path, data_root, force: bool, progress
 
     from stopgrad.analysis import open_dataset, write_netcdf
 
-    from .experiment import Experiment, _rung2_measured, _rung2_theory, measured_as_theory
+    from .experiment import Experiment, rung2_measured, rung2_theory, mark_stage, measured_as_theory, stage_cached
 
     pairs = list(itertools.product(exp.phase[x], exp.phase[y]))
     s_meas, s_pred, eta_c, t_end = [], [], [], math.nan
@@ -157,17 +152,15 @@ def _rung2_grid(exp, x: str, y: str, out: Path, data_root, force: bool, progress
         folder = out / f"run{r:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         key = f"{exp.key}-{x}={vx}-{y}={vy}"
-        done = _stamp(folder)
         one = Experiment(exp.spec, cfg, exp.text + f"\n# phase point {x} = {vx}, {y} = {vy}\n")
-        if not force and done.get("measured") == key and (folder / "measured.nc").is_file():
+        if stage_cached(folder, "measured", key, force):
             measured = open_dataset(folder / "measured.nc")
         else:
             if progress:
                 print(f"phase: run {r + 1}/{len(pairs)}: {x} = {vx}, {y} = {vy}", flush=True)
-            measured = _rung2_measured(one, folder, data_root, "cpu", progress=False)
-            done["measured"] = key
-            (folder / "stages.json").write_text(json.dumps(done))
-        theory = _rung2_theory(one, measured, "init")
+            measured = rung2_measured(one, folder, data_root, "cpu", progress=False)
+            mark_stage(folder, "measured", key)
+        theory = rung2_theory(one, measured, "init")
         write_netcdf(theory, folder / "theory_init.nc")
         view = measured_as_theory(measured)
         full = np.zeros((view.sizes["time"], view.sizes["mode"]))
