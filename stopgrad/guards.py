@@ -71,6 +71,9 @@ def check_output(path, *, inputs=(), kind: str = "file", key: str = "--out") -> 
     text = os.fspath(path) if path is not None else ""
     if not str(text).strip():
         raise ConfigError(key, text, "is empty: give a file name" if kind == "file" else "is empty: give a folder")
+    if text.strip() == "-":
+        raise ConfigError(key, text, "'-' (standard output) is not supported: give a file name" if kind == "file"
+                          else "'-' is not a folder name here: give a folder")
     out = Path(text)
     for inp in inputs:
         if inp is not None and out.exists() and Path(inp).exists() and _same_file(out, Path(inp)):

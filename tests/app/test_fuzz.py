@@ -439,7 +439,16 @@ CLASSES = {
                                    ["simulate", "{cfg}", "--out", "{tmp}/o.nc"], 0, ""),
     "DirectPred sigma2 1e300": ("[model]\nn1 = 4\nn2 = 2\npredictor = \"rule\"\n[model.rule]\nname = \"directpred\"\n"
                                 "[model.data]\nsigma2 = 1e300\n[simulate]\nt_end = 1.0\nn_save = 3\n",
-                                ["simulate", "{cfg}", "--out", "{tmp}/o.nc"], 0, ""),
+                                ["simulate", "{cfg}", "--out", "{tmp}/o.nc"], 2, "solver.max_steps"),
+    "sigma2 1e300 in a sweep": ("[model]\nn1 = 8\nn2 = 4\n[simulate]\nt_end = 100.0\nn_save = 5\n[grid]\n"
+                                "sigma2 = [0.5, 1e300]\n", ["sweep", "{cfg}", "--out", "{tmp}/o.nc"], 2, "solver.max_steps"),
+    "w_scale 1e4 symmetrized": ("[model]\nn1 = 8\nn2 = 4\n[model.init]\nw_scale = 1e4\n[simulate]\n"
+                                "engine = \"symmetrized\"\nt_end = 100.0\n", ["simulate", "{cfg}", "--out", "{tmp}/o.nc"],
+                                2, "solver.max_steps"),
+    "DirectPred eps 1e6": ("[model]\nn1 = 8\nn2 = 4\npredictor = \"rule\"\n[model.rule]\neps = 1e6\n[simulate]\n"
+                           "engine = \"modes\"\nt_end = 100.0\n", ["simulate", "{cfg}", "--out", "{tmp}/o.nc"], 2,
+                           "solver.max_steps"),
+    "out is -": ("good", ["simulate", "{cfg}", "--out", "-"], 2, "standard output"),
 }
 
 

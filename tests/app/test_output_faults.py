@@ -172,6 +172,7 @@ def test_special_outputs_are_refused_and_left_alone(tmp_path, capsys):
         str(cfg / "x.nc"): "is a file",
         "/proc/stopgrad-test.nc": "cannot write in /proc",
         "": "is empty",
+        "-": "standard output",
     }
     grid = tmp_path / "g.toml"
     grid.write_text(SMALL + "\n[grid]\nseed = [0, 1]\n")
