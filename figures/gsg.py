@@ -11,10 +11,15 @@ import xarray as xr
 
 from .style import new_figure
 
-__all__ = ["gsg_neg_dist_over_time", "gsg_no_predictor", "gsg_quality_vs_batch"]
+__all__ = ["gsg_neg_dist_over_time", "gsg_no_predictor", "gsg_quality_vs_batch", "gsg_real_network_over_time",
+           "t_quantile_975"]
 
 Z95 = 1.96
-METHOD_COLORS = {"simsiam": "C0", "simsiam-random": "C4", "gsg": "C3", "gsg-reverse": "C2", "simclr": "C1", "moco": "C5"}
+# two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (standard tables, 3 decimals); above 30 the
+# Cornish-Fisher expansion in 1/df around the normal quantile (relative error < 1e-4 there)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+METHOD_COLORS = {"simsiam": "C0", "simsiam-gsg": "C3", "simsiam-random": "C4", "gsg": "C3", "gsg-reverse": "C2", "simclr": "C1", "moco": "C5"}
 
 
 def _time(ds: xr.Dataset) -> np.ndarray:
@@ -106,4 +111,54 @@ def gsg_quality_vs_batch(ds: xr.Dataset, variable: str = "knn_acc", title: str |
     ax.legend(loc="best")
     if title:
         ax.set_title(title)
+    return fig
+
+
+def t_quantile_975(df: int) -> float:
+    """t_{0.975, df}, the half-width factor of a 95% t-interval with ``df`` degrees of freedom (from T975)."""
+    if df < 1:
+        raise ValueError(f"df = {df}: a t-interval needs at least 2 samples")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959963984540054  # the normal 0.975 quantile
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def gsg_real_network_over_time(runs: dict[str, list[xr.Dataset]], variables=("neg_dist", "std_l2"),
+                               title: str | None = None):
+    """Real-network runs over training (``stopgrad train`` metrics.nc): one panel per variable, one line per
+    method, the mean over seeds with a 95% t-interval band (mean +- t_{0.975, n-1} SE).
+
+    Args:
+        runs: method name ("simsiam", "simsiam-gsg") -> one measured Dataset per seed, probed at the same
+            steps (``time`` in optimizer steps, ``epoch`` coordinate; ``mode`` of size d for the isotropic
+            std_l2 level 1/sqrt(d), drawn dotted). Probe times with no measurement (NaN) are dropped.
+        variables: scalar (time,) variables to plot.
+
+    Returns:
+        The figure; x is the epoch.
+    """
+    fig, axes = new_figure(ncols=len(variables))
+    for j, var in enumerate(variables):
+        ax = axes[0, j]
+        for m, seeds in runs.items():
+            y = np.stack([np.asarray(ds[var].values, dtype=float) for ds in seeds])
+            keep = np.all(np.isfinite(y), axis=0)
+            x = np.asarray(seeds[0]["epoch"].values, dtype=float)[keep]
+            y = y[:, keep]
+            mean = y.mean(axis=0)
+            half = (t_quantile_975(len(seeds) - 1) * y.std(axis=0, ddof=1) / np.sqrt(len(seeds))
+                    if len(seeds) > 1 else np.zeros_like(mean))
+            color = METHOD_COLORS.get(m, "k")
+            ax.plot(x, mean, "-", color=color, lw=1.3, label=f"{m} (n={len(seeds)})")
+            ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2, lw=0)
+        if var == "std_l2":
+            d = next(iter(runs.values()))[0].sizes.get("mode")
+            if d:
+                ax.axhline(1 / np.sqrt(d), color="0.5", ls=":", lw=1, label="isotropic 1/sqrt(d)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(var)
+    axes[0, 0].legend(loc="best", fontsize=6)
+    if title:
+        fig.suptitle(title)
     return fig
