@@ -29,12 +29,22 @@ def _time(ds: xr.Dataset) -> np.ndarray:
     return np.asarray(ds["time"].values)
 
 
-def _band(ax, t, y, color, label, style="-"):
+def _band(ax, t, y, color, label, style="-", t_interval=False):
+    """Mean over rows of y (runs, time) with a band of +- Z95 SE (``t_interval``: t_{0.975, n-1} SE)."""
     y = np.asarray(y, dtype=float)
     m = np.nanmean(y, axis=0)
-    h = Z95 * np.nanstd(y, axis=0, ddof=1) / np.sqrt(max(y.shape[0], 1)) if y.shape[0] > 1 else np.zeros_like(m)
+    n = y.shape[0]
+    factor = (t_quantile_975(n - 1) if t_interval else Z95) if n > 1 else 0.0
+    h = factor * np.nanstd(y, axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(m)
     ax.plot(t, m, style, color=color, label=label, lw=1.3)
     ax.fill_between(t, m - h, m + h, color=color, alpha=0.2, lw=0)
+
+
+def _finish(fig, axes, title):
+    axes[0, 0].legend(loc="best", fontsize=6)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def _select(ds: xr.Dataset, **coords) -> xr.Dataset:
@@ -62,10 +72,7 @@ def gsg_neg_dist_over_time(worlds: dict[str, xr.Dataset], variables=("neg_dist",
                 _band(ax, t, sel[var].values, METHOD_COLORS.get(m, "k"), f"{m} ({label})", styles[w % 3])
         ax.set_xlabel("flow time t")
         ax.set_ylabel(var)
-    axes[0, 0].legend(loc="best", fontsize=6)
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _finish(fig, axes, title)
 
 
 def gsg_no_predictor(ds: xr.Dataset, variables=("std_l2", "effective_rank", "neg_dist"), title: str | None = None):
@@ -87,10 +94,7 @@ def gsg_no_predictor(ds: xr.Dataset, variables=("std_l2", "effective_rank", "neg
             ax.axhline(1 / np.sqrt(float(ds.attrs["n2"])), color="0.5", ls=":", lw=1)
         ax.set_xlabel("flow time t")
         ax.set_ylabel(var)
-    axes[0, 0].legend(loc="best", fontsize=6)
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _finish(fig, axes, title)
 
 
 def gsg_quality_vs_batch(ds: xr.Dataset, variable: str = "knn_acc", title: str | None = None):
@@ -145,20 +149,11 @@ def gsg_real_network_over_time(runs: dict[str, list[xr.Dataset]], variables=("ne
             y = np.stack([np.asarray(ds[var].values, dtype=float) for ds in seeds])
             keep = np.all(np.isfinite(y), axis=0)
             x = np.asarray(seeds[0]["epoch"].values, dtype=float)[keep]
-            y = y[:, keep]
-            mean = y.mean(axis=0)
-            half = (t_quantile_975(len(seeds) - 1) * y.std(axis=0, ddof=1) / np.sqrt(len(seeds))
-                    if len(seeds) > 1 else np.zeros_like(mean))
-            color = METHOD_COLORS.get(m, "k")
-            ax.plot(x, mean, "-", color=color, lw=1.3, label=f"{m} (n={len(seeds)})")
-            ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2, lw=0)
+            _band(ax, x, y[:, keep], METHOD_COLORS.get(m, "k"), f"{m} (n={len(seeds)})", t_interval=True)
         if var == "std_l2":
             d = next(iter(runs.values()))[0].sizes.get("mode")
             if d:
                 ax.axhline(1 / np.sqrt(d), color="0.5", ls=":", lw=1, label="isotropic 1/sqrt(d)")
         ax.set_xlabel("epoch")
         ax.set_ylabel(var)
-    axes[0, 0].legend(loc="best", fontsize=6)
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _finish(fig, axes, title)
