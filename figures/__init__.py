@@ -27,3 +27,5 @@ from .trajectories import eigenvalue_trajectories as eigenvalue_trajectories
 from .gsg import gsg_neg_dist_over_time as gsg_neg_dist_over_time
 from .gsg import gsg_no_predictor as gsg_no_predictor
 from .gsg import gsg_quality_vs_batch as gsg_quality_vs_batch
+from .gsg import gsg_real_network_over_time as gsg_real_network_over_time
+from .gsg import t_quantile_975 as t_quantile_975

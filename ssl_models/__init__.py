@@ -52,6 +52,8 @@ from .evaluation import linear_probe as linear_probe
 from .gsg import GSG as GSG
 from .gsg import gsg_distances as gsg_distances
 from .gsg import gsg_loss as gsg_loss
+from .gsg import half_shift_partner as half_shift_partner
+from .gsg import mean_negative_distance as mean_negative_distance
 from .heads import LinearPredictor as LinearPredictor
 from .heads import MLPHead as MLPHead
 from .heads import SymmetricLinearPredictor as SymmetricLinearPredictor

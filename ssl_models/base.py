@@ -6,7 +6,8 @@ and returns a dict:
 * ``loss``: the scalar to minimise (fp32),
 * ``z``: (V*B, d) detached online projector outputs of the first two views (view 1 first), for F-hat and
   the probes,
-* ``neg_dist`` (GSG only): the mean Euclidean distance of the negative pairs.
+* ``neg_dist`` (GSG only): the mean Euclidean distance of the negative pairs (for the other methods the
+  probe computes the same statistic from ``z`` with ``gsg.mean_negative_distance``).
 
 After the optimizer step the trainer calls ``on_step_end(step)`` (EMA target update, predictor rule).
 Everything a method keeps besides parameters and buffers (F-hat) travels in its state_dict through

@@ -12,6 +12,14 @@ siblings x1a', x2b' are the stop-gradient targets:
     l1221 = -(cos(p12, z11) + cos(p21, z22)) / 2      l1222 = -(cos(p12, z11) + cos(p22, z21)) / 2
 
 and the loss is the mean over samples of the selected candidate (in [-1, 1], not symmetrised).
+
+``mean_negative_distance`` is the same statistic for any two-view method (the probes log it as ``neg_dist``
+for every method): image i is paired with image ``partner[i]`` and the four cross pairs of their two views'
+un-normalised projections are averaged, exactly as GSG's ``neg_dist``. The default partner is the fixed
+derangement i -> (i + B/2) mod B (``half_shift_partner``): no random draw, so a run's random streams, and
+its bitwise resumability, are untouched. For a two-view method the partner's views 1 and 2 stand in for
+GSG's views 3 and 4: both are independent augmentations of the partner image, so the statistic has the same
+distribution given the weights.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from .byol import MomentumMixin
 from .config import TrainConfig
 from .precision import at_least_fp32
 
-__all__ = ["GSG", "gsg_distances", "gsg_loss"]
+__all__ = ["GSG", "gsg_distances", "gsg_loss", "half_shift_partner", "mean_negative_distance"]
 
 
 @torch.no_grad()
@@ -34,6 +42,28 @@ def gsg_distances(z11: torch.Tensor, z12: torch.Tensor, z21: torch.Tensor, z22: 
         return (at_least_fp32(a) - at_least_fp32(b)).pow(2).sum(dim=1).sqrt()
 
     return torch.stack([dist(z11, z21), dist(z11, z22), dist(z12, z21), dist(z12, z22)], dim=1)
+
+
+def half_shift_partner(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The fixed partner permutation i -> (i + n // 2) mod n, (n,) int64; a derangement for n >= 2."""
+    return (torch.arange(n, device=device) + n // 2) % n
+
+
+@torch.no_grad()
+def mean_negative_distance(z1: torch.Tensor, z2: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
+    """GSG's ``neg_dist`` for a two-view batch: the mean Euclidean distance of the four negative pairs.
+
+    Args:
+        z1, z2: (B, d) un-normalised projections of views 1 and 2 of the same B images.
+        partner: (B,) int64, image i is paired with image ``partner[i]``; default ``half_shift_partner(B)``.
+
+    Returns:
+        0-d fp32 tensor: mean over i of the distances (z1_i, z1_p), (z1_i, z2_p), (z2_i, z1_p), (z2_i, z2_p)
+        with p = partner[i], in the projection's units.
+    """
+    if partner is None:
+        partner = half_shift_partner(z1.shape[0], z1.device)
+    return gsg_distances(z1, z2, z1[partner], z2[partner]).mean()
 
 
 def gsg_loss(p11, p12, p21, p22, z11, z12, z21, z22, choice: torch.Tensor) -> torch.Tensor:
@@ -71,6 +101,7 @@ class GSG(MomentumMixin, SSLMethod):
         if self.byol:
             self._init_target()
         self.last_choice: torch.Tensor | None = None
+        self.last_partner: torch.Tensor | None = None
 
     def networks(self):
         return [self.online] + ([self.target] if self.byol else [])
@@ -81,6 +112,7 @@ class GSG(MomentumMixin, SSLMethod):
     def forward(self, views: list[torch.Tensor]) -> dict:
         x11, x12, v21, v22 = views
         r = self.partner(x11.shape[0], x11.device)
+        self.last_partner = r
         x21, x22 = v21[r], v22[r]
         z11, p11 = self.online(x11)
         z12, p12 = self.online(x12)

@@ -12,7 +12,9 @@ Every ``probe.every`` optimizer steps, from the step's batch (before its update 
   views' outputs; one SVD serves both ranks (``analysis.entropy_rank`` of the singular values is exactly
   what ``effective_rank``/``rankme`` compute);
 * ``loss``: the mean training loss over the steps since the previous probe (this one included);
-* ``neg_dist`` (GSG): the mean Euclidean distance of the negative pairs over the same steps;
+* ``neg_dist``: the mean Euclidean distance of the negative pairs over the same steps -- GSG's own, and
+  for every other method the same statistic from the step's two views (``gsg.mean_negative_distance``:
+  image i against image (i + B/2) mod B, four cross pairs of un-normalised projections; no random draw);
 * ``knn_acc`` at the end of each evaluated epoch (NaN elsewhere).
 
 Time is the number of optimizer updates applied before the measurement (``attrs["units"] = "step"``), with
@@ -47,6 +49,7 @@ from stopgrad.analysis import (
 from stopgrad.dynamics import CorrelationEMA
 
 from .config import ProbeConfig
+from .gsg import mean_negative_distance
 
 __all__ = ["SpectralProbe"]
 
@@ -110,8 +113,12 @@ class SpectralProbe:
                 self.cross_target.update_correlation(_cross_correlation(out["z"], out["z_target"]))
         loss = out["loss"].detach().float()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
-        if out.get("neg_dist") is not None:
-            nd = out["neg_dist"].detach().float()
+        nd = out.get("neg_dist")
+        if nd is None and out["z"].shape[0] >= 4:  # two views of at least two images
+            b = out["z"].shape[0] // 2
+            nd = mean_negative_distance(out["z"][:b], out["z"][b : 2 * b])
+        if nd is not None:
+            nd = nd.detach().float()
             self._neg_sum = nd if self._neg_sum is None else self._neg_sum + nd
         self._count += 1
         self.time_spent += time.perf_counter() - t0

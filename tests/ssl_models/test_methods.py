@@ -22,6 +22,8 @@ from stopgrad.ssl_models import (
     cosine_momentum,
     gsg_distances,
     gsg_loss,
+    half_shift_partner,
+    mean_negative_distance,
     update_momentum,
 )
 
@@ -173,6 +175,36 @@ def test_gsg_method_forward_matches_brute_force(name, make_config, cifar_small):
 
 
 # ------------------------------------------------------------------------------------ stop-gradient
+@pytest.mark.parametrize("n", [2, 3, 4, 7, 128])
+def test_half_shift_partner_is_a_derangement(n):
+    r = half_shift_partner(n)
+    assert sorted(r.tolist()) == list(range(n))  # a permutation
+    assert all(r[i] != i for i in range(n))  # no image is its own partner
+    assert r.tolist() == [(i + n // 2) % n for i in range(n)]
+
+
+def test_mean_negative_distance_is_gsgs_neg_dist(make_config, cifar_small):
+    """The probes' neg_dist for two-view methods equals GSG's own neg_dist when GSG's views 3 and 4 are views
+    1 and 2 and the partner is the same, and equals a float64 loop over the four cross pairs."""
+    cfg = make_config("simsiam-gsg")
+    torch.manual_seed(0)
+    method = GSG(cfg).eval()  # eval-mode BN: a sample's projection does not depend on the rest of the batch
+    tr = Trainer(cfg, None, device="cpu", data=cifar_small).setup()
+    v1, v2 = (tr.augment(tr.train_images[torch.arange(32)], tr.aug_gen) for _ in range(2))
+    method.generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        out = method([v1, v2, v1, v2])
+    z1, z2 = out["z"][:32], out["z"][32:]
+    r = method.last_partner
+    # fp32: z21 = f(v1[r]) and z1[r] agree to rounding only (the convolution may block the batch differently)
+    assert math.isclose(float(mean_negative_distance(z1, z2, r)), float(out["neg_dist"]), rel_tol=1e-5)
+    zd1, zd2, p = z1.double(), z2.double(), half_shift_partner(32)
+    loop = sum(float((a[i] - b[p[i]]).norm()) for i in range(32) for a in (zd1, zd2) for b in (zd1, zd2)) / (4 * 32)
+    assert math.isclose(float(mean_negative_distance(z1, z2)), loop, rel_tol=1e-5)  # fp32 vs float64 sums
+    # a collapsed batch (every image mapped to the same point) has zero negative distance
+    assert float(mean_negative_distance(z1[:1].expand(32, -1), z1[:1].expand(32, -1))) == 0.0
+
+
 def _grads(module, loss):
     params = [p for p in module.parameters() if p.requires_grad]
     return torch.autograd.grad(loss, params, allow_unused=True), params

@@ -29,6 +29,7 @@ from stopgrad.ssl_models import (
     Trainer,
     TrainingError,
     TrainSpec,
+    mean_negative_distance,
     knn_monitor,
     load_checkpoint,
 )
@@ -195,6 +196,24 @@ def test_probes_of_a_linear_predictor_and_gsg(cifar_small, make_config, tmp_path
     np.testing.assert_allclose(ds["p"].isel(time=0).values[top], p.numpy()[top], rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["simsiam", "byol", "simclr"])
+def test_probe_logs_neg_dist_for_two_view_methods(name, cifar_small, make_config):
+    """Methods without GSG's own neg_dist get the same statistic from the step's two views (fixed partner
+    i + B/2), averaged over the steps since the previous probe."""
+    cfg = make_config(name, probe=ProbeConfig(every=2))
+    tr = Trainer(cfg, None, device="cpu", data=cifar_small).setup()
+    order = tr.epoch_order(0)
+    b = cfg.train.batch_size
+    vals = []
+    for k in range(3):  # probes at steps 0 and 2; step 2 holds the mean of steps 1 and 2
+        z = tr.train_step(order[k * b : (k + 1) * b])["z"]
+        vals.append(float(mean_negative_distance(z[: z.shape[0] // 2], z[z.shape[0] // 2 :])))
+    tr.probe.flush()
+    assert tr.probe.records[0]["neg_dist"] == torch.tensor(vals[0], dtype=torch.float32).double()
+    assert math.isclose(float(tr.probe.records[2]["neg_dist"]), (vals[1] + vals[2]) / 2, rel_tol=1e-6)  # fp32 sum
+    assert all(v > 0 for v in vals)
+
+
 # ------------------------------------------------------------------------------------- non-finite loss
 def test_nonfinite_loss_stops_with_message_and_keeps_last_good_checkpoint(cifar_small, make_config, tmp_path):
     cfg = make_config("simsiam", train=TrainSpec(epochs=4, batch_size=64, checkpoint_every=1, progress=False))
@@ -325,7 +344,7 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, data_root):
         assert torch.equal(ta[k], tb[k]), k
     da, db = open_dataset(full / "metrics.nc"), open_dataset(b_dir / "metrics.nc")
     np.testing.assert_array_equal(da["time"].values, db["time"].values)
-    for v in ("s", "loss", "std_l2", "knn_acc"):
+    for v in ("s", "loss", "std_l2", "knn_acc", "neg_dist"):
         np.testing.assert_array_equal(da[v].values, db[v].values)
 
 
