@@ -329,7 +329,7 @@ def run_demo(out: Path, seed: int = 0, checks: bool = True, progress: bool = Fal
         findings["phase rung 1"] = f"collapse verdicts agree on {ph['agreement_collapse_percent']:.1f} %"
     if full:
         name, config, over = FULL_EXPERIMENT
-        _line(report, "## 8. Rung 3: the ResNet-18 recipe (GPU)")
+        _line(report, "## 9. Rung 3: the ResNet-18 recipe (GPU)")
         report.append("")
         s3 = _experiment_section(report, out, name, config, over, progress, device="cuda")
         findings[name] = f"s forward error {_pct(s3['scores']['forward']['s_rel_error_final'])}"
