@@ -8,8 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stopgrad.analysis import effective_rank, rankme, uniformity
-from stopgrad.dynamics import DataSpec, InitSpec, LinearModel, MatrixFlow, Solver, directcopy, directpred, directset, integrate
-from stopgrad.dynamics.matrix_flow import draw_initial_matrices
+from stopgrad.dynamics import Solver, directcopy, directpred, directset, simulate, theorems
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 f64 = torch.float64
@@ -56,31 +55,17 @@ def test_rank_metrics_are_rotation_invariant_and_bounded(seed, d, n):
        st.sampled_from(["byol", "simsiam"]))
 def test_theorem1_invariant_on_random_configurations(seed, alpha_p, eta, beta, method):
     rng = np.random.default_rng(seed)
-    n1, n2 = 4, 2
-    A, B = rng.standard_normal((n1, n1)), rng.standard_normal((n1, n1))
-    model = LinearModel(n1=n1, n2=n2, method=method, beta=beta if method == "byol" else None, alpha_p=alpha_p, eta=eta,
-                        data=DataSpec(kind="general", X=(A @ A.T / n1).tolist(), X_prime=(0.5 * B @ B.T / n1).tolist()),
-                        init=InitSpec(seed=seed % 1000, wa="random" if method == "byol" else "zero"))
-    init = draw_initial_matrices(model, [seed], [1.0], [1.0])
-    p = {k: torch.tensor([v], dtype=f64) for k, v in dict(alpha_p=alpha_p, eta=eta, eta_p=eta, beta=beta, sigma2=0.0).items()}
-    flow = MatrixFlow(model, p, init)
-    res = integrate(flow.rhs, flow.y0, np.linspace(0, 4, 5), Solver(rtol=1e-12, atol=1e-14), params=flow.params,
-                    observe=flow.observe)
-    assert float(res.values["balance"].max()) < 1e-9
+    sim = theorems.theorem1_simulation(rng, method, alpha_p=[alpha_p], eta=[eta], beta=[beta], n1=4, n2=2, t_end=4.0,
+                                       n_save=5, solver=Solver(rtol=1e-12, atol=1e-14))
+    assert float(simulate(sim).balance.max()) < 1e-9
 
 
 @SETTINGS
 @given(st.integers(0, 2**31 - 1), st.floats(0.0, 0.3))
 def test_removing_stop_gradient_never_exceeds_the_decay_bound(seed, eta):
     rng = np.random.default_rng(seed)
-    n1, n2 = 4, 3
-    A, B = rng.standard_normal((n1, n1)), rng.standard_normal((n1, n1))
-    model = LinearModel(n1=n1, n2=n2, method="simsiam", beta=None, stop_grad=False, eta=eta,
-                        data=DataSpec(kind="general", X=(A @ A.T / n1).tolist(), X_prime=(B @ B.T / n1).tolist()))
-    init = draw_initial_matrices(model, [seed], [2.0], [2.0])
-    p = {k: torch.tensor([v], dtype=f64) for k, v in dict(alpha_p=1.0, eta=eta, eta_p=eta, beta=0.0, sigma2=0.0).items()}
-    flow = MatrixFlow(model, p, init)
-    t = np.linspace(0, 5, 6)
-    res = integrate(flow.rhs, flow.y0, t, Solver(rtol=1e-10, atol=1e-12), params=flow.params, observe=flow.observe)
-    norm = res.values["weight_norm"][0].numpy()
+    sim = theorems.theorem2_simulation(rng, alpha_p=[1.0], eta=[eta], scale=2.0, n1=4, n2=3, t_end=5.0, n_save=6,
+                                       solver=Solver(rtol=1e-10, atol=1e-12))
+    ds = simulate(sim)
+    t, norm = ds.time.values, ds.weight_norm.values[0]
     assert (norm <= np.exp(-eta * t) * norm[0] * (1 + 1e-9)).all()
