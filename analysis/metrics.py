@@ -101,7 +101,8 @@ def embedding_spectrum(z, normalize: bool = True):
     t = t.double()
     if normalize:
         t = torch.nn.functional.normalize(t, dim=1)
-    c = torch.cov(t.T)
+    d = t.shape[1]
+    c = torch.cov(t.T).reshape(d, d)  # torch.cov returns a 0-d tensor for one channel (d = 1)
     ev = torch.linalg.eigvalsh(c).flip(-1).clamp(min=0)
     return ev.cpu().numpy() if np_in else ev
 

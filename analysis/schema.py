@@ -30,7 +30,7 @@ __all__ = [
     "write_netcdf",
 ]
 
-SOURCES = ("theory", "sampled", "measured")
+SOURCES = ("theory", "sampled", "measured", "comparison")  # comparison: analysis.compare's output
 TIME_UNITS = ("flow", "step")
 #: variables with a trailing ``mode`` dim, and their meaning (long_name attribute).
 MODE_VARIABLES = {
@@ -178,10 +178,24 @@ def _engine() -> str:
     return "scipy"  # netCDF3; no int64 or unicode variables, see write_netcdf
 
 
+#: the mode of a new file before the umask (what ``open(path, "w")`` asks for)
+_DEFAULT_FILE_MODE = 0o666
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it; ``os`` has no plain getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; when the block succeeds, fsync it and rename it onto
-    ``path`` (atomic on POSIX), so a reader never sees a half-written file. On error it is removed."""
+    ``path`` (atomic on POSIX), so a reader never sees a half-written file. On error it is removed.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (0666 less the umask), not the 0600
+    of the temporary file, so colleagues sharing the folder can read it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -190,6 +204,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _DEFAULT_FILE_MODE & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -206,8 +221,12 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         for name, var in list(out.variables.items()):
             if var.dtype == np.int64:
                 out[name] = var.astype(np.int32)
+    encoding = {}
+    if engine != "scipy":  # HDF5: a Fletcher-32 checksum per chunk, so a flipped bit is an error on reading
+        encoding = {name: {"fletcher32": True} for name, var in out.variables.items()
+                    if var.ndim >= 1 and var.dtype.kind in "biuf"}
     with atomic_path(path) as tmp:
-        out.to_netcdf(tmp, engine=engine)
+        out.to_netcdf(tmp, engine=engine, encoding=encoding)
     return path
 
 
@@ -220,7 +239,9 @@ def open_dataset(path: str | os.PathLike, require: tuple[str, ...] = ()) -> xr.D
         with xr.open_dataset(path) as ds:
             ds = ds.load()
     except Exception as exc:  # the backends raise OSError, ValueError or their own types
-        raise DatasetError(f"{path}: not a readable netCDF file ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(str(exc).split())[:200]  # one line, whatever the backend says
+        raise DatasetError(f"{path}: not a readable netCDF file: truncated, corrupted (checksum) or another "
+                           f"format ({type(exc).__name__}: {detail})") from None
     try:
         validate_dataset(ds, require)
     except DatasetError as exc:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FlowUnits", "OptimizerUnits", "to_flow", "to_optimizer"]
+import numpy as np
+
+__all__ = ["FlowUnits", "OptimizerUnits", "steps_to_flow_time", "to_flow", "to_optimizer"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +96,38 @@ def to_optimizer(flow: FlowUnits, lr: float, momentum: float = 0.0) -> Optimizer
         momentum=momentum,
         steps=steps,
     )
+
+
+def steps_to_flow_time(steps, lr, momentum: float = 0.0) -> np.ndarray:
+    """Flow time of optimizer steps under a learning-rate schedule recorded at those steps.
+
+    Args:
+        steps: (n,) increasing step counts: the number of updates applied before each record.
+        lr: (n,) learning rate recorded at each step, i.e. the rate of the update that follows it.
+        momentum: SGD momentum mu; the flow's time step is lr_eff = lr / (1 - mu) (module docstring).
+
+    Returns:
+        (n,) flow time t(k) = sum over the updates i < k of lr_eff(i). Between two records k_a < k_b
+        the per-update rate is taken linear in the step, lr(i) = lr_a + (lr_b - lr_a)(i - k_a)/(k_b - k_a),
+        and summed exactly over the n = k_b - k_a updates i = k_a .. k_b - 1:
+        n lr_a + (lr_b - lr_a)(n - 1)/2. That is the exact sum for a constant rate, for a rate linear in
+        the step (warm-up), and for records at every step (n = 1 gives lr_a); for a curved schedule
+        (cosine) recorded sparsely it is the sum of its piecewise-linear interpolant. Before the first
+        record the rate is taken constant at its first recorded value.
+    """
+    k = np.asarray(steps, dtype=np.float64)
+    rate = np.asarray(lr, dtype=np.float64)
+    _check("momentum", momentum, 0 <= momentum < 1, "must be in [0, 1)")
+    if k.ndim != 1 or rate.shape != k.shape:
+        raise ValueError(f"steps and lr must be 1-D of one length, got shapes {k.shape} and {rate.shape}")
+    if k.size and not (np.all(np.isfinite(rate)) and np.all(rate > 0)):
+        bad = rate[~(np.isfinite(rate) & (rate > 0))][0]
+        raise ValueError(f"lr = {bad!r}: every recorded learning rate must be finite and > 0")
+    if k.size and (k[0] < 0 or np.any(np.diff(k) <= 0)):
+        raise ValueError("steps must be >= 0 and strictly increasing")
+    if k.size == 0:
+        return k
+    eff = rate / (1.0 - momentum)
+    n = np.diff(k)
+    increments = n * eff[:-1] + (eff[1:] - eff[:-1]) * (n - 1.0) / 2.0
+    return np.concatenate([[k[0] * eff[0]], k[0] * eff[0] + np.cumsum(increments)])

@@ -38,6 +38,11 @@ DEFAULT_BATCH = 256
 NO_RULE = (1.0, 0.0, 0.0, True)
 
 
+def _dtype(key: str) -> type:
+    """A column's dtype: int64 for the integer columns, float64 otherwise."""
+    return np.int64 if key in INTEGER_COLUMNS else np.float64
+
+
 class RunTable:
     """Per-run hyperparameters (see the module docstring).
 
@@ -69,19 +74,18 @@ class RunTable:
             "batch": sim.sampled.batch if sim.sampled is not None else DEFAULT_BATCH,
         }
         keys = list(sim.grid)
-        axes = [np.asarray(sim.grid[k], dtype=float) for k in keys]
+        # integer columns (seed, batch) stay int64 end to end: through a float, seeds 2**53 and 2**53 + 1 coincide
+        axes = [np.asarray(sim.grid[k], dtype=_dtype(k)) for k in keys]
         R = int(np.prod([len(a) for a in axes])) if keys else sim.n_runs
-        table = {k: np.full(R, float(v)) for k, v in base.items()}
+        table = {k: np.full(R, v, dtype=_dtype(k)) for k, v in base.items()}
         # the Cartesian product in itertools.product order (last key fastest), without a Python loop
         for key, col in zip(keys, np.meshgrid(*axes, indexing="ij") if keys else []):
             table[key] = col.reshape(-1)
         for key, values in sim.runs.items():  # zipped per-run values
-            table[key] = np.asarray(values, dtype=float).copy()
+            table[key] = np.asarray(values, dtype=_dtype(key)).copy()
         swept = tuple(keys) + tuple(sim.runs)
         if "eta" in swept and "eta_p" not in swept and m.eta_p is None:
             table["eta_p"] = table["eta"].copy()  # eta_p defaults to eta, run by run
-        for key in INTEGER_COLUMNS:
-            table[key] = table[key].astype(np.int64)
         return cls(table, swept)
 
     def __len__(self) -> int:

@@ -167,9 +167,19 @@ class Simulation:
             check("model.init.wa", self.model.init.wa, self.model.init.wa != "random",
                   "the per-mode engine supports 'zero' or 'copy'")
             try:
-                self.model.data.mode_moments(self.model.n1, self.model.n2)
+                _, lam_d = self.model.data.mode_moments(self.model.n1, self.model.n2)
             except ConfigError as err:
                 raise err.prefixed("model.data.") from None
+            # s_j = lambda_d,j w_j^2: a mode without signal cannot start at s_j(0) > 0 (w_j(0) would be inf)
+            check("model.data", f"signal eigenvalues {np.round(lam_d, 6).tolist()}", bool(np.all(lam_d > 0)),
+                  f"the per-mode engine needs a positive signal eigenvalue in each of its n2 = {self.model.n2} modes")
+            if self.modes.on_parabola:  # s_j(0) = lambda_d p_j(0)^2 / alpha_p must be positive
+                swept = {**self.grid, **self.runs}
+                p0s = np.asarray(list(np.ravel(self.modes.p0)) + list(swept.get("p0", [])), dtype=float)
+                alphas = np.asarray([self.model.alpha_p] + list(swept.get("alpha_p", [])), dtype=float)
+                s0 = float(lam_d.min()) * np.min(p0s**2) / np.max(alphas)
+                check("modes.p0", self.modes.p0, s0 > 0,
+                      "must be non-zero when on_parabola = true (s0 = lambda_d p0^2 / alpha_p must not underflow)")
             rule = self.model.predictor_rule()
             check("model.rule", getattr(rule, "name", rule), rule is None or rule.spectral,
                   "the per-mode engine needs a spectral rule (a function of the eigenvalues of F-hat)")

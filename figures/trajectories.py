@@ -7,14 +7,9 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from .style import new_figure
+from .style import ROLE, legend_outside, mode_colors, new_figure, time_label
 
 __all__ = ["eigenvalue_trajectories"]
-
-
-def _time_label(ds: xr.Dataset) -> str:
-    units = ds["time"].attrs.get("units", "")
-    return "flow time t" if units == "flow" else "optimizer step"
 
 
 def eigenvalue_trajectories(ds: xr.Dataset, run: int = 0, max_modes: int = 32, title: str | None = None):
@@ -25,14 +20,14 @@ def eigenvalue_trajectories(ds: xr.Dataset, run: int = 0, max_modes: int = 32, t
     k = min(one.sizes.get("mode", 0), max_modes)
     has_p = "p" in one
     ncols = 3 if has_p else 1
-    fig, axes = new_figure(ncols=ncols)
-    colors = [f"C{j % 10}" for j in range(k)]
+    fig, axes = new_figure(ncols=ncols, legend=has_p)
+    colors = mode_colors(k)
     ax = axes[0, 0]
     s = one["s"].values[:, :k]
     floor = max(np.nanmax(np.abs(s)) * 1e-12, 1e-300)
     for j in range(k):
         ax.semilogy(t, np.clip(s[:, j], floor, None), color=colors[j], lw=0.9)
-    ax.set_xlabel(_time_label(one))
+    ax.set_xlabel(time_label(one))
     ax.set_ylabel("eigenvalue $s_j$ of $F$")
     ax.set_title("spectrum of F")
     if has_p:
@@ -40,7 +35,7 @@ def eigenvalue_trajectories(ds: xr.Dataset, run: int = 0, max_modes: int = 32, t
         p = one["p"].values[:, :k]
         for j in range(k):
             ax.plot(t, p[:, j], color=colors[j], lw=0.9)
-        ax.set_xlabel(_time_label(one))
+        ax.set_xlabel(time_label(one))
         ax.set_ylabel("$p_j = u_j^T W_p u_j$")
         ax.set_title("predictor along $u_j$")
         ax = axes[0, 2]
@@ -49,13 +44,13 @@ def eigenvalue_trajectories(ds: xr.Dataset, run: int = 0, max_modes: int = 32, t
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-collapsed rows are NaN
                 mean_al = np.nanmean(np.abs(al), axis=1)
-            ax.plot(t, mean_al, color="k", lw=1.2, label="mean |cos(W_p u_j, u_j)| (live modes)")
+            ax.plot(t, mean_al, color=ROLE["reference"], lw=1.2, label="mean |cos(W_p u_j, u_j)| (live modes)")
         if "commutator" in one:
-            ax.plot(t, one["commutator"].values, color="C3", lw=1.2, label="commutator (rel.)")
-        ax.set_xlabel(_time_label(one))
+            ax.plot(t, one["commutator"].values, color=ROLE["measured"], lw=1.2, label="commutator (rel.)")
+        ax.set_xlabel(time_label(one))
         ax.set_ylim(-0.02, 1.05)
         ax.set_title("eigenspace alignment")
-        ax.legend(loc="best")
+        legend_outside(ax)
     src = ds.attrs.get("source", "")
     fig.suptitle(title or f"{ds.attrs.get('method', '')} ({src}), run {run}", fontsize=10)
     return fig

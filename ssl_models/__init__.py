@@ -38,6 +38,10 @@ from .data import load_cifar10_npz as load_cifar10_npz
 from .data import load_image_data as load_image_data
 from .data import resolve_data_root as resolve_data_root
 from .data import synthetic_data as synthetic_data
+from .linear_run import LINEAR_GRID_KEYS as LINEAR_GRID_KEYS
+from .linear_run import LinearRun as LinearRun
+from .linear_run import LinearRunConfig as LinearRunConfig
+from .linear_run import random_feature_map as random_feature_map
 from .encoders import Encoder as Encoder
 from .encoders import build_encoder as build_encoder
 from .errors import DataError as DataError

@@ -134,7 +134,8 @@ class GPUAugment:
         cfg: the recipe (see :class:`~stopgrad.ssl_models.AugmentConfig`).
         in_size: (H, W) of the stored images.
         mean, std: per-channel normalisation of the [0, 1] output.
-        out_dtype: dtype of the returned batch (float32, or bfloat16 to halve the traffic into the model).
+        out_dtype: dtype of the returned batch (float32, or bfloat16 to halve the traffic into the model;
+            float64 computes the whole image path in float64, for ``train.precision = 'fp64'``).
         channels_last: return the batch in channels_last layout.
     """
 
@@ -153,6 +154,8 @@ class GPUAugment:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.out_dtype = out_dtype
+        # the image path runs in float32, or in float64 when float64 is asked for
+        self.compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
         self.channels_last = channels_last
         k = cfg.blur_kernel or max(3, int(0.1 * self.size) // 2 * 2 + 1)
         self.blur_kernel = int(k)
@@ -211,11 +214,11 @@ class GPUAugment:
         j = torch.floor(u[:, _C_J] * (W - w + 1)).clamp(max=W - w)
         i = torch.where(any_ok, i, torch.floor((H - h) / 2))
         j = torch.where(any_ok, j, torch.floor((W - w) / 2))
-        box = torch.stack((i, j, h, w), dim=1).float()
+        box = torch.stack((i, j, h, w), dim=1).to(self.compute_dtype)
 
         flip = u[:, _C_FLIP] < cfg.flip_p
         jitter = u[:, _C_JIT] < cfg.jitter_p
-        f = u[:, _C_FACT:_C_ORDER].float()
+        f = u[:, _C_FACT:_C_ORDER].to(self.compute_dtype)
         lows, highs, centre = self._const("jitter_range", dev, lambda: self._jitter_range(dev))
         factors = lows + (highs - lows) * f
         factors = torch.where(jitter.unsqueeze(1), factors, centre.expand_as(factors))
@@ -226,7 +229,7 @@ class GPUAugment:
         gray = u[:, _C_GRAY] < cfg.grayscale_p
         blur = u[:, _C_BLUR] < cfg.blur_p
         s0, s1 = cfg.blur_sigma
-        sigma = (s0 + (s1 - s0) * u[:, _C_SIGMA]).float()
+        sigma = (s0 + (s1 - s0) * u[:, _C_SIGMA]).to(self.compute_dtype)
         sigma = torch.where(blur, sigma, torch.full_like(sigma, 1e-3))
         solarize = u[:, _C_SOLAR] < cfg.solarize_p
         return AugmentParams(box, flip, jitter, factors, order, gray, blur, sigma, solarize)
@@ -235,7 +238,7 @@ class GPUAugment:
         c = self.cfg
         lows = [max(0.0, 1.0 - c.brightness), max(0.0, 1.0 - c.contrast), max(0.0, 1.0 - c.saturation), -c.hue]
         highs = [1.0 + c.brightness, 1.0 + c.contrast, 1.0 + c.saturation, c.hue]
-        t = lambda v: torch.tensor(v, device=dev, dtype=torch.float32)  # noqa: E731
+        t = lambda v: torch.tensor(v, device=dev, dtype=self.compute_dtype)  # noqa: E731
         return t(lows), t(highs), t([1.0, 1.0, 1.0, 0.0])
 
     # -------------------------------------------------------------------------------------- image path
@@ -248,7 +251,7 @@ class GPUAugment:
     def _grid(self, box: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         S = self.size
         dev = box.device
-        t = self._const("t", dev, lambda: torch.arange(S, device=dev, dtype=torch.float32) + 0.5)
+        t = self._const("t", dev, lambda: torch.arange(S, device=dev, dtype=self.compute_dtype) + 0.5)
         i, j, h, w = box.unbind(1)
         xs = j[:, None] + t[None, :] * (w / S)[:, None] - 0.5
         ys = i[:, None] + t[None, :] * (h / S)[:, None] - 0.5
@@ -283,7 +286,7 @@ class GPUAugment:
     def _blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         K = self.blur_kernel
         dev = x.device
-        t = self._const(("k", K), dev, lambda: torch.arange(K, device=dev, dtype=torch.float32) - (K - 1) / 2)
+        t = self._const(("k", K), dev, lambda: torch.arange(K, device=dev, dtype=self.compute_dtype) - (K - 1) / 2)
         k = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
         k = k / k.sum(dim=1, keepdim=True)  # (B, K)
         n, c, hh, ww = x.shape
@@ -297,7 +300,8 @@ class GPUAugment:
         return y.view(n, c, hh, ww)
 
     def _apply_impl(self, images: torch.Tensor, p: AugmentParams) -> torch.Tensor:
-        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        cd = self.compute_dtype
+        x = images.to(cd).div_(255.0) if images.dtype == torch.uint8 else images.to(cd)
         grid = self._grid(p.box, p.flip)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         cfg = self.cfg
@@ -310,8 +314,8 @@ class GPUAugment:
         if cfg.solarize_p > 0:
             x = torch.where(p.solarize.view(-1, 1, 1, 1) & (x >= cfg.solarize_threshold), 1.0 - x, x)
         dev = x.device
-        mean = self._const("mean", dev, lambda: torch.tensor(self.mean, device=dev).view(1, 3, 1, 1))
-        istd = self._const("istd", dev, lambda: 1.0 / torch.tensor(self.std, device=dev).view(1, 3, 1, 1))
+        mean = self._const("mean", dev, lambda: torch.tensor(self.mean, device=dev, dtype=cd).view(1, 3, 1, 1))
+        istd = self._const("istd", dev, lambda: 1.0 / torch.tensor(self.std, device=dev, dtype=cd).view(1, 3, 1, 1))
         x = ((x - mean) * istd).to(self.out_dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -340,10 +344,11 @@ class EvalTransform:
         self.out_dtype, self.channels_last = out_dtype, channels_last
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        cd = torch.float64 if self.out_dtype == torch.float64 else torch.float32
+        x = images.to(cd) / 255.0 if images.dtype == torch.uint8 else images.to(cd)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device, dtype=cd).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=cd).view(1, 3, 1, 1)
         x = ((x - mean) / std).to(self.out_dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

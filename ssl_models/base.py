@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .distributed import gather_nograd
 from .encoders import Encoder, build_encoder
 from .heads import LinearPredictor, build_predictor, build_projector
+from .precision import at_least_fp32
 
 __all__ = ["SSLMethod", "SiameseNetwork", "build_online"]
 
@@ -120,7 +121,7 @@ class SSLMethod(nn.Module):
     def observe(self, *zs: torch.Tensor) -> None:
         """Add the online projector outputs of this step to F-hat (all processes' samples)."""
         if self.fhat is not None:
-            f = gather_nograd(torch.cat([z.detach() for z in zs]).float())
+            f = gather_nograd(at_least_fp32(torch.cat([z.detach() for z in zs])))
             self.fhat.update(f)
 
     @torch.no_grad()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .precision import at_least_fp32
+
 __all__ = ["SplitBatchNorm", "convert_split_batchnorm"]
 
 
@@ -41,13 +43,13 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         s = self.num_splits
         if n % s:
             raise ValueError(f"batch of {n} does not split into {s} BatchNorm groups")
-        xf = x.float().reshape(n // s, s, c, -1)  # sample n -> (n // s, n % s)
+        xf = at_least_fp32(x).reshape(n // s, s, c, -1)  # sample n -> (n // s, n % s)
         dims = (0, 3)
         mean = xf.mean(dim=dims, keepdim=True)  # (1, s, c, 1)
         var = xf.var(dim=dims, unbiased=False, keepdim=True)
         y = (xf - mean) * torch.rsqrt(var + self.eps)
         if self.affine:
-            y = y * self.weight.float().view(1, 1, c, 1) + self.bias.float().view(1, 1, c, 1)
+            y = y * self.weight.to(xf.dtype).view(1, 1, c, 1) + self.bias.to(xf.dtype).view(1, 1, c, 1)
         if self.training and self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

@@ -56,7 +56,10 @@ class BYOL(MomentumMixin, SSLMethod):
             t1, t2 = self._stop(z1), self._stop(z2)
         loss = 0.5 * (negative_cosine(p1, t2) + negative_cosine(p2, t1))
         self.observe(z1, z2)
-        return {"loss": loss, "z": torch.cat([z1, z2]).detach()}
+        out = {"loss": loss, "z": torch.cat([z1, z2]).detach()}
+        if self.use_ema:
+            out["z_target"] = torch.cat([t1, t2])
+        return out
 
     def on_step_end(self, step: int) -> None:
         if self.use_ema:

@@ -25,7 +25,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from stopgrad.dynamics import ConfigError, PredictorRule, RuleSpec, check, check_choice, check_range
+from stopgrad.dynamics import ConfigError, PredictorRule, RuleSpec, check, check_choice, check_range, check_seed
+
+from .precision import PRECISIONS
 
 __all__ = [
     "ARCHS",
@@ -54,6 +56,16 @@ MOMENTUM = ("byol", "byol-gsg", "mocov2")
 ARCHS = ("resnet18", "resnet34", "resnet50", "convnet")
 STEMS = ("cifar", "imagenet")
 MAX_DIM = 65536  # a head wider than this is a typo, not an experiment
+#: softmax temperatures (NT-Xent, InfoNCE, the kNN monitor): published values lie in [0.05, 0.5]. Below 1e-3
+#: the logits cos/T exceed 1e3 and bf16 (8 bits of mantissa) no longer resolves their differences; above 100
+#: every logit is within 1% of the others and the loss no longer depends on the embeddings.
+TEMPERATURE_RANGE = (1e-3, 100.0)
+#: weight decay (trunk and predictor): published recipes use 1e-6 to 5e-4; a decay of 1 already removes the
+#: whole weight in one step of learning rate 1, so larger values are typos (1e300 overflows the update).
+WEIGHT_DECAY_MAX = 1.0
+#: LARS trust coefficient: published values 1e-3 (You et al. 2017) to 0.02; at 1 a layer's step is as large
+#: as the layer's weights.
+LARS_ETA_MAX = 1.0
 
 
 def _dim(key: str, value: int) -> None:
@@ -123,7 +135,7 @@ class MethodConfig:
         check_range("momentum", self.momentum, 0, 1)
         check_range("momentum_final", self.momentum_final, 0, 1)
         check_choice("momentum_schedule", self.momentum_schedule, ("cosine", "constant"))
-        check_range("temperature", self.temperature, 0, None, lo_open=True)
+        check_range("temperature", self.temperature, *TEMPERATURE_RANGE)
         check_range("queue_size", self.queue_size, 1, None, integer=True)
         check_range("loss_scale", self.loss_scale, 0, None, lo_open=True)
 
@@ -346,17 +358,17 @@ class OptimConfig:
         check_choice("lr_scaling", self.lr_scaling, ("linear", "none"))
         check_range("momentum", self.momentum, 0, 1, hi_open=True)
         check("nesterov", self.nesterov, not self.nesterov or self.momentum > 0, "needs momentum > 0")
-        check_range("weight_decay", self.weight_decay, 0, None)
+        check_range("weight_decay", self.weight_decay, 0, WEIGHT_DECAY_MAX)
         check_range("predictor_lr_ratio", self.predictor_lr_ratio, 0, None, lo_open=True)
         if self.predictor_weight_decay is not None:
-            check_range("predictor_weight_decay", self.predictor_weight_decay, 0, None)
+            check_range("predictor_weight_decay", self.predictor_weight_decay, 0, WEIGHT_DECAY_MAX)
         check_choice("predictor_decay", self.predictor_decay, ("coupled", "flow"))
         check("predictor_decay", self.predictor_decay, self.predictor_decay == "coupled" or self.name == "sgd",
               "'flow' is defined for SGD (LARS rescales every update)")
         check_choice("schedule", self.schedule, ("cosine", "constant"))
         check_range("warmup_epochs", self.warmup_epochs, 0, None)
         check_range("min_lr", self.min_lr, 0, None)
-        check_range("lars_eta", self.lars_eta, 0, None, lo_open=True)
+        check_range("lars_eta", self.lars_eta, 0, LARS_ETA_MAX, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -365,7 +377,9 @@ class TrainSpec:
 
     epochs; batch_size (global, over all processes); max_steps: stop after this many optimizer steps
     (0: run all epochs; schedules still span ``epochs``). seed: every random draw derives from it.
-    precision: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``bf16`` or ``fp32``.
+    precision: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``bf16``, ``fp32`` or ``fp64`` (every
+    parameter, buffer, augmented view and loss in float64: CPU reference runs and cross-path tests; see
+    ``ssl_models/precision.py``).
     channels_last (CUDA only), compile (CUDA only: torch.compile of the networks and the augmentation;
     compile_mode passed through).
     checkpoint_every: epochs between checkpoints (0: only at exit). log_every: steps between progress
@@ -393,8 +407,8 @@ class TrainSpec:
         check_range("epochs", self.epochs, 1, None, integer=True)
         check_range("batch_size", self.batch_size, 2, None, integer=True)
         check_range("max_steps", self.max_steps, 0, None, integer=True)
-        check_range("seed", self.seed, 0, 2**62, integer=True)
-        check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
+        check_seed("seed", self.seed)
+        check_choice("precision", self.precision, PRECISIONS)
         check_choice("compile_mode", self.compile_mode,
                      ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
         check_range("checkpoint_every", self.checkpoint_every, 0, None, integer=True)
@@ -411,16 +425,23 @@ class ProbeConfig:
 
     F-hat is the predictor rule's running correlation when the method has one, otherwise a rho-EMA of the
     online projector outputs' correlation updated every step. The batch metrics (std_l2, effective rank,
-    RankMe, uniformity) use at most ``max_samples`` projector outputs of the first view."""
+    RankMe, uniformity) use at most ``max_samples`` projector outputs of the first view.
+
+    ``cross_view``: also keep rho-EMAs of the two views' cross-correlation E[z1 z2^T] (and, with an EMA target,
+    of E[z1 z_a2^T]) and record, along F-hat's eigenvectors u_j, ``s_cross`` = u_j^T E[z1 z2^T] u_j (the
+    analogue of the theory's s = eig(W X W^T), where F-hat is W (X + X') W^T) and ``tau`` =
+    u_j^T E[z1 z_a2^T] u_j / s_cross_j. Costs one d x d correlation per step (off by default)."""
 
     every: int = 50
     rho: float = 0.9
     max_samples: int = 512
+    cross_view: bool = False
 
     def __post_init__(self):
         check_range("every", self.every, 0, None, integer=True)
         check_range("rho", self.rho, 0, 1, hi_open=True)
         check_range("max_samples", self.max_samples, 2, None, integer=True)
+        check("cross_view", self.cross_view, isinstance(self.cross_view, bool), "must be true or false")
 
 
 @dataclass(frozen=True)
@@ -445,7 +466,7 @@ class EvalConfig:
     def __post_init__(self):
         check_range("knn_every", self.knn_every, 0, None, integer=True)
         check_range("knn_k", self.knn_k, 1, None, integer=True)
-        check_range("knn_temperature", self.knn_temperature, 0, None, lo_open=True)
+        check_range("knn_temperature", self.knn_temperature, *TEMPERATURE_RANGE)
         check_range("knn_bank_subset", self.knn_bank_subset, 0, None, integer=True)
         check_range("batch_size", self.batch_size, 1, None, integer=True)
         check_range("linear_epochs", self.linear_epochs, 1, None, integer=True)
@@ -535,7 +556,11 @@ def _toml_value(v) -> str:
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        # a TOML basic string in ASCII: JSON's escapes are TOML's, but JSON writes characters beyond the
+        # BMP as surrogate pairs (not Unicode scalar values: TOML rejects them) and leaves DEL unescaped
+        text = json.dumps(v, ensure_ascii=False)
+        return "".join(c if ord(c) < 0x7F else f"\\u{ord(c):04X}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08X}"
+                       for c in text)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")

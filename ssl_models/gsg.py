@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .base import SSLMethod, build_online
 from .byol import MomentumMixin
 from .config import TrainConfig
+from .precision import at_least_fp32
 
 __all__ = ["GSG", "gsg_distances", "gsg_loss"]
 
@@ -30,7 +31,7 @@ __all__ = ["GSG", "gsg_distances", "gsg_loss"]
 def gsg_distances(z11: torch.Tensor, z12: torch.Tensor, z21: torch.Tensor, z22: torch.Tensor) -> torch.Tensor:
     """(N, 4) Euclidean distances of the negative pairs, columns (11,21), (11,22), (12,21), (12,22), fp32."""
     def dist(a, b):
-        return (a.float() - b.float()).pow(2).sum(dim=1).sqrt()
+        return (at_least_fp32(a) - at_least_fp32(b)).pow(2).sum(dim=1).sqrt()
 
     return torch.stack([dist(z11, z21), dist(z11, z22), dist(z12, z21), dist(z12, z22)], dim=1)
 
@@ -41,7 +42,7 @@ def gsg_loss(p11, p12, p21, p22, z11, z12, z21, z22, choice: torch.Tensor) -> to
     The z are the targets (detach them for the stop-gradient); cosine in fp32."""
     with torch.autocast(device_type=p11.device.type, enabled=False):
         def cos(a, b):
-            return F.cosine_similarity(a.float(), b.float(), dim=1, eps=1e-8)
+            return F.cosine_similarity(at_least_fp32(a), at_least_fp32(b), dim=1, eps=1e-8)
 
         c11_12, c12_11 = cos(p11, z12), cos(p12, z11)
         c21_22, c22_21 = cos(p21, z22), cos(p22, z21)

@@ -11,18 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import gather_with_grad, rank, world_size
+from .precision import at_least_fp32
 
 __all__ = ["info_nce", "negative_cosine", "nt_xent"]
-
-
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.float()
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor, reduce: bool = True) -> torch.Tensor:
     """-cos(p_i, z_i) for rows of p, z (B, d); mean over the batch (a scalar) unless ``reduce=False`` (B,)."""
     with torch.autocast(device_type=p.device.type, enabled=False):
-        cos = F.cosine_similarity(_fp32(p), _fp32(z), dim=-1, eps=1e-8)
+        cos = F.cosine_similarity(at_least_fp32(p), at_least_fp32(z), dim=-1, eps=1e-8)
     return -cos.mean() if reduce else -cos
 
 
@@ -34,8 +31,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
     local 2B views (so DDP's gradient averaging gives the global mean).
     """
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        a = F.normalize(_fp32(z1), dim=1)
-        b = F.normalize(_fp32(z2), dim=1)
+        a = F.normalize(at_least_fp32(z1), dim=1)
+        b = F.normalize(at_least_fp32(z2), dim=1)
         n = a.shape[0]
         if gather and world_size() > 1:
             a_all, b_all = gather_with_grad(a), gather_with_grad(b)
@@ -64,10 +61,10 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     picking the positive among 1 + K candidates.
     """
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q = F.normalize(_fp32(q), dim=1)
-        k = F.normalize(_fp32(k), dim=1)
+        q = F.normalize(at_least_fp32(q), dim=1)
+        k = F.normalize(at_least_fp32(k), dim=1)
         pos = (q * k).sum(dim=1, keepdim=True)
-        neg = q @ _fp32(queue)
+        neg = q @ at_least_fp32(queue)
         logits = torch.cat([pos, neg], dim=1) / temperature
         labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         return F.cross_entropy(logits, labels)

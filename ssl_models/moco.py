@@ -28,6 +28,7 @@ from .byol import MomentumMixin
 from .config import TrainConfig
 from .distributed import broadcast_, gather_global, rank, world_size
 from .losses import info_nce
+from .precision import at_least_fp32
 
 __all__ = ["MoCoV2"]
 
@@ -49,7 +50,7 @@ class MoCoV2(MomentumMixin, SSLMethod):
         """Key-encoder projections (B, d) of this process's images ``x``, L2-normalised; with shuffle_bn
         computed on a globally shuffled batch (all processes) and un-shuffled (see the module docstring)."""
         if not self.cfg.method.shuffle_bn:
-            return F.normalize(self.target(x).float(), dim=1)
+            return F.normalize(at_least_fp32(self.target(x)), dim=1)
         world, r = world_size(), rank()
         x_all = gather_global(x)  # (N, ...) in global-batch order
         n = x_all.shape[0]
@@ -59,7 +60,7 @@ class MoCoV2(MomentumMixin, SSLMethod):
         k_shuffled = gather_global(self.target(x_all[perm[shard]]))  # row m: key of image perm[m]
         k_all = torch.empty_like(k_shuffled)
         k_all[perm] = k_shuffled  # un-shuffle: row n is the key of image n
-        return F.normalize(k_all[shard].float(), dim=1)
+        return F.normalize(at_least_fp32(k_all[shard]), dim=1)
 
     @torch.no_grad()
     def enqueue(self, *keys: torch.Tensor) -> None:

@@ -38,6 +38,7 @@ import torch
 from stopgrad.analysis import (
     align_loss,
     build_dataset,
+    eigh_descending,
     entropy_rank,
     spectral_quantities,
     std_of_l2_normalized,
@@ -51,8 +52,20 @@ __all__ = ["SpectralProbe"]
 
 _SCALARS = ("commutator", "asymmetry", "std_l2", "effective_rank", "rankme", "uniformity", "align_loss",
             "loss", "neg_dist", "knn_acc")
-_MODES = ("s", "p", "alignment")
+_MODES = ("s", "p", "alignment", "tau")
+_EXTRA_MODES = ("s_cross",)
 _EXTRA = ("lr", "ema_momentum")
+
+
+def _cross_correlation(z: torch.Tensor, za: torch.Tensor) -> torch.Tensor:
+    """Symmetrised cross-view correlation (E[z1 za2^T] + E[z2 za1^T]) / 2, symmetrised again in (i, j).
+
+    ``z`` and ``za`` hold view 1 then view 2 (2B, d); the result is (d, d) float32."""
+    b = z.shape[0] // 2
+    z1, z2 = z[:b].float(), z[b : 2 * b].float()
+    a1, a2 = za[:b].float(), za[b : 2 * b].float()
+    c = (z1.T @ a2 + z2.T @ a1) / (2 * b)
+    return 0.5 * (c + c.T)
 
 
 class SpectralProbe:
@@ -69,6 +82,8 @@ class SpectralProbe:
         self.cfg = cfg
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.fhat = None if has_rule_fhat else CorrelationEMA(cfg.rho, 1)
+        self.cross = CorrelationEMA(cfg.rho, 1) if cfg.cross_view else None
+        self.cross_target = CorrelationEMA(cfg.rho, 1) if cfg.cross_view else None
         self.records: dict[int, dict] = {}
         self.time_spent = 0.0
         self.worker_seconds = 0.0
@@ -89,6 +104,10 @@ class SpectralProbe:
         t0 = time.perf_counter()
         if self.fhat is not None:
             self.fhat.update(out["z"].float())
+        if self.cross is not None:
+            self.cross.update_correlation(_cross_correlation(out["z"], out["z"]))
+            if out.get("z_target") is not None:
+                self.cross_target.update_correlation(_cross_correlation(out["z"], out["z_target"]))
         loss = out["loss"].detach().float()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         if out.get("neg_dist") is not None:
@@ -117,6 +136,10 @@ class SpectralProbe:
             inputs["F"] = F
             if Wp is not None:
                 inputs["Wp"] = Wp
+            if self.cross is not None and self.cross.F is not None:
+                inputs["F_cross"] = self.cross.F
+                if self.cross_target.F is not None:
+                    inputs["F_cross_target"] = self.cross_target.F
         if self._count:
             inputs["loss"] = self._loss_sum / self._count
             if self._neg_sum is not None:
@@ -142,6 +165,12 @@ class SpectralProbe:
             for k in ("s", "p", "alignment", "commutator", "asymmetry"):
                 if k in sq:
                     rec[k] = sq[k]
+            if "F_cross" in host:
+                _, U = eigh_descending(host["F"])
+                cross = (U * (host["F_cross"] @ U)).sum(dim=-2)
+                rec["s_cross"] = cross
+                if "F_cross_target" in host:
+                    rec["tau"] = (U * (host["F_cross_target"] @ U)).sum(dim=-2) / cross
         z1 = host["z1"]
         rec["std_l2"] = std_of_l2_normalized(z1)
         sv = torch.linalg.svdvals(z1)
@@ -183,17 +212,20 @@ class SpectralProbe:
         times = sorted(self.records)
         n_mode = max((self.records[t]["s"].shape[-1] for t in times if "s" in self.records[t]), default=0)
         data: dict[str, np.ndarray] = {}
-        for name in _MODES:
+        extra = {}
+        for name in _MODES + _EXTRA_MODES:
             if n_mode and any(name in self.records[t] for t in times):
                 arr = np.full((len(times), n_mode), np.nan)
                 for i, t in enumerate(times):
                     if name in self.records[t]:
                         arr[i] = self.records[t][name].numpy()
-                data[name] = arr
+                if name in _MODES:
+                    data[name] = arr
+                else:
+                    extra[name] = (("time", "mode"), arr)
         for name in _SCALARS:
             if any(name in self.records[t] for t in times):
                 data[name] = np.array([float(self.records[t].get(name, math.nan)) for t in times])
-        extra = {}
         for name in _EXTRA:
             vals = np.array([float(self.records[t].get(name, math.nan)) for t in times])
             if not np.all(np.isnan(vals)):
@@ -203,13 +235,16 @@ class SpectralProbe:
         return ds.assign_coords(epoch=("time", np.asarray(times, dtype=float) / self.steps_per_epoch))
 
     # -- checkpointing -------------------------------------------------------------------------------------------
+    def _emas(self) -> dict:
+        return {"fhat": self.fhat, "cross": self.cross, "cross_target": self.cross_target}
+
     def state_dict(self) -> dict:
         self.flush()
         recs = {int(t): {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in r.items()}
                 for t, r in self.records.items()}
         return {
             "records": recs,
-            "fhat": self.fhat.state_dict() if self.fhat is not None else None,
+            **{name: (ema.state_dict() if ema is not None else None) for name, ema in self._emas().items()},
             "loss_sum": self._loss_sum,
             "neg_sum": self._neg_sum,
             "count": self._count,
@@ -219,11 +254,12 @@ class SpectralProbe:
 
     def load_state_dict(self, state: dict, device=None) -> None:
         self.records = {int(t): dict(r) for t, r in state["records"].items()}
-        if self.fhat is not None and state.get("fhat") is not None:
-            st = dict(state["fhat"])
-            if st.get("F") is not None and device is not None:
-                st["F"] = st["F"].to(device)
-            self.fhat.load_state_dict(st)
+        for name, ema in self._emas().items():
+            if ema is not None and state.get(name) is not None:
+                st = dict(state[name])
+                if st.get("F") is not None and device is not None:
+                    st["F"] = st["F"].to(device)
+                ema.load_state_dict(st)
         mv = (lambda v: v.to(device) if (v is not None and device is not None) else v)  # noqa: E731
         self._loss_sum, self._neg_sum = mv(state.get("loss_sum")), mv(state.get("neg_sum"))
         self._count = int(state.get("count", 0))

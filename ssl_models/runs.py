@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from stopgrad.analysis import atomic_path
+
 from .augment import EvalTransform
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import TrainConfig
@@ -16,6 +18,7 @@ from .distributed import init_distributed
 from .errors import TrainingError
 from .evaluation import extract_features, linear_probe
 from .methods import build_method
+from .precision import param_dtype
 
 __all__ = ["evaluate_run"]
 
@@ -32,14 +35,15 @@ def evaluate_run(cfg: TrainConfig, out_dir, *, data_root=None, device: str = "au
     state = load_checkpoint(ckpt_path)
     if data is None:
         data = load_image_data(cfg.data, data_root, seed=cfg.train.seed)
-    method = build_method(cfg)
+    dtype = param_dtype(cfg.train.precision)  # an fp64 run is evaluated in float64, as its kNN monitor was
+    method = build_method(cfg).to(dtype=dtype)
     try:
         method.load_state_dict(state["method"])
     except RuntimeError as exc:
         raise TrainingError(f"{ckpt_path}: does not match the run's config.toml ({str(exc).splitlines()[0]})") from None
     backbone = method.backbone.to(dev)
     size = cfg.augment.crop_size or min(data.image_size)
-    transform = EvalTransform(size, data.mean, data.std)
+    transform = EvalTransform(size, data.mean, data.std, out_dtype=dtype)
     amp = torch.bfloat16 if dev.type == "cuda" else None
     t0 = time.perf_counter()
     ev = cfg.eval
@@ -64,5 +68,6 @@ def evaluate_run(cfg: TrainConfig, out_dir, *, data_root=None, device: str = "au
     if linear:
         result.update(linear_probe(backbone, data, ev, transform, dev, amp, seed=cfg.train.seed, features=(bank, test)))
     result["seconds"] = time.perf_counter() - t0
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    with atomic_path(out_dir / "eval.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     return result

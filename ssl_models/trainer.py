@@ -32,13 +32,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stopgrad.analysis import write_netcdf
+from stopgrad.analysis import atomic_path, write_netcdf
 from stopgrad.dynamics import ConfigError
 
 from . import distributed as D
 from .augment import EvalTransform, GPUAugment
 from .batchnorm import convert_split_batchnorm
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, first_nonfinite, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict, config_to_toml
 from .data import ImageData, load_image_data
 from .errors import TrainingError
@@ -46,6 +46,7 @@ from .evaluation import knn_monitor
 from .methods import build_method
 from .momentum import deactivate_requires_grad
 from .optim import LRSchedule, build_optimizer
+from .precision import param_dtype
 from .probes import SpectralProbe
 
 __all__ = ["TrainResult", "Trainer", "convert_batchnorm", "train"]
@@ -55,6 +56,59 @@ __all__ = ["TrainResult", "Trainer", "convert_batchnorm", "train"]
 RESUME_FREE = {"train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
                "train.compile", "train.compile_mode", "data.root", "data.download", "train.fuse_views"}
 RESUME_FREE_TABLES = ("eval.",)
+
+#: the files a run writes into its folder (a folder holding one of them but no checkpoint is another run's)
+RUN_FILES = ("config.toml", "metrics.nc", "summary.json", "eval.json")
+#: the lock file that marks a run folder in use (flock, released when the process ends, even by SIGKILL)
+LOCK_NAME = ".stopgrad-train.lock"
+
+
+def _starts_as_main() -> bool:
+    """Rank 0, also before the process group exists (torchrun's RANK)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return D.is_main()
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+class _FolderLock:
+    """An exclusive, non-blocking ``flock`` on ``DIR/.stopgrad-train.lock``: one ``train`` per run folder.
+
+    The kernel releases it when the process ends, however it ends, so a killed run leaves no stale lock.
+    Without ``fcntl`` (Windows) there is no lock."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise TrainingError(f"{self.path.parent} is in use by another `stopgrad train` (pid {holder}); "
+                                "wait for it to end, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
 
 
 @dataclass
@@ -117,6 +171,14 @@ def _log(msg: str) -> None:
         print(f"stopgrad: {msg}", file=sys.stderr, flush=True)
 
 
+def derived_seed(seed: int, salt: int) -> int:
+    """The seed of one stream (augmentation, data order, the method's draws) from ``train.seed``:
+    ``(seed * 1_000_003 + salt) mod 2**63``, within torch's seed range for every seed in [0, 2**63 - 1]
+    (without the modulus, seeds above 2**63 / 1_000_003 ~ 9.2e12 overflowed); unchanged below that. 1_000_003
+    is odd, so seed -> derived seed is a bijection of [0, 2**63): two seeds never share a stream."""
+    return (int(seed) * 1_000_003 + int(salt)) % 2**63
+
+
 def convert_batchnorm(method: nn.Module, cfg: TrainConfig, world: int, device_type: str) -> nn.Module:
     """The run's BatchNorm flavour: SplitBatchNorm with ``train.bn_splits > 1``; else SyncBatchNorm in a
     multi-process CUDA run with ``train.sync_bn``, except MoCo's key encoder with shuffle_bn, which keeps
@@ -160,6 +222,7 @@ class Trainer:
         self.resume = resume
         self.data = data
         self._setup_done = False
+        self._lock: _FolderLock | None = None
 
     # ------------------------------------------------------------------------------------------------ setup
     def _check_folder(self) -> None:
@@ -167,19 +230,32 @@ class Trainer:
             if self.resume:
                 raise TrainingError("resume needs a run folder")
             return
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise TrainingError(f"--out {self.out_dir}: exists and is not a folder")
+        if _starts_as_main():  # rank 0 writes the folder: it holds the lock for the whole run
+            self._lock = _FolderLock(self.out_dir)
+            self._lock.acquire()
         ckpt = self.out_dir / CHECKPOINT_NAME
         if self.resume and not ckpt.is_file():
             raise TrainingError(f"--resume: {self.out_dir} holds no {CHECKPOINT_NAME} to resume from")
         if not self.resume and ckpt.is_file():
             raise TrainingError(f"{self.out_dir} already holds a run ({CHECKPOINT_NAME}); "
                                 "pass --resume to continue it, or choose another --out")
+        others = [name for name in RUN_FILES if (self.out_dir / name).exists()]
+        if not self.resume and others:
+            raise TrainingError(f"{self.out_dir} holds another run's files ({', '.join(others)}) but no "
+                                f"{CHECKPOINT_NAME}; remove them, or choose another --out")
 
     def setup(self) -> Trainer:
         """Check inputs, load data, build everything, restore a checkpoint if resuming."""
         if self._setup_done:
             return self
         cfg = self.cfg
-        self._check_folder()
+        try:
+            self._check_folder()
+        except TrainingError:
+            self._release_lock()
+            raise
         ws_env = int(os.environ.get("WORLD_SIZE", "1"))
         if cfg.train.batch_size % ws_env:
             raise ConfigError("train.batch_size", cfg.train.batch_size,
@@ -209,9 +285,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         prec = cfg.train.precision
         self.amp_dtype = torch.bfloat16 if (prec == "bf16" or (prec == "auto" and dev.type == "cuda")) else None
-        torch.manual_seed(cfg.train.seed)
+        self.param_dtype = param_dtype(prec)  # float64 with train.precision = "fp64", else float32
+        torch.manual_seed(cfg.train.seed)  # the init is drawn in float32 whatever the precision (same start)
         method = convert_batchnorm(build_method(cfg), cfg, self.world, dev.type)
-        method.to(dev)
+        method.to(dev, dtype=self.param_dtype)  # parameters and floating buffers (BN statistics, queue)
         # channels_last only on CUDA: on the CPU, torch's channels_last BatchNorm backward loses precision
         # (0.7% gradient error measured on a small convnet against float64; contiguous: 1e-5).
         self.channels_last = cfg.train.channels_last and dev.type == "cuda"
@@ -219,7 +296,7 @@ class Trainer:
             method.to(memory_format=torch.channels_last)
         method.total_steps = self.total_steps
         method.generator = torch.Generator(device=dev)
-        method.generator.manual_seed(cfg.train.seed * 1_000_003 + 2 + self.rank)
+        method.generator.manual_seed(derived_seed(cfg.train.seed, 2 + self.rank))
         self.method = method
         self.lr = cfg.effective_lr
         self.optimizer = build_optimizer(cfg.optim, method.param_groups(), self.lr)
@@ -231,12 +308,13 @@ class Trainer:
         self.eval_data = replace(data, train_images=self.train_images, test_images=data.test_images.to(dev),
                                  bank_images=self.train_images if shared_bank else data.bank_images.to(dev),
                                  bank_labels=data.bank_labels)
-        out_dtype = self.amp_dtype if (self.amp_dtype is not None and dev.type == "cuda") else torch.float32
+        out_dtype = self.amp_dtype if (self.amp_dtype is not None and dev.type == "cuda") else self.param_dtype
         self.augment = GPUAugment(cfg.augment, data.image_size, data.mean, data.std, out_dtype=out_dtype,
                                   channels_last=self.channels_last)
-        self.eval_transform = EvalTransform(self.augment.size, data.mean, data.std, channels_last=self.channels_last)
+        self.eval_transform = EvalTransform(self.augment.size, data.mean, data.std, out_dtype=self.param_dtype,
+                                            channels_last=self.channels_last)
         self.aug_gen = torch.Generator(device=dev)
-        self.aug_gen.manual_seed(cfg.train.seed * 1_000_003 + 1)
+        self.aug_gen.manual_seed(derived_seed(cfg.train.seed, 1))
         self.probe = SpectralProbe(cfg.probe, self.steps_per_epoch, has_rule_fhat=method.fhat is not None,
                                    background=dev.type == "cuda")
         self.knn_history: list[tuple[int, float]] = []  # (step, accuracy), the same on every process
@@ -260,7 +338,7 @@ class Trainer:
             self.model = method
         if self.out_dir is not None and D.is_main():
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.toml").write_text(config_to_toml(cfg))
+            _write_text_atomic(self.out_dir / "config.toml", config_to_toml(cfg))
         self._setup_done = True
         return self
 
@@ -317,8 +395,38 @@ class Trainer:
         self.last_loss = float(state.get("last_loss", math.nan))
         _log(f"resumed {self.out_dir} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
 
+    def state_tensors(self):
+        """(name, tensor) of the whole training state: the method's state_dict (weights, BN running
+        statistics, EMA target, MoCo's queue), F-hat of a predictor rule and the optimizer's state."""
+        yield from self.method.state_dict().items()
+        if self.method.fhat is not None and self.method.fhat.F is not None:
+            yield "F-hat of the predictor rule", self.method.fhat.F
+        names = {id(p): n for n, p in self.method.named_parameters()}
+        for param, st in self.optimizer.state.items():
+            for key, value in st.items():
+                yield f"optimizer {key} of {names.get(id(param), '?')}", value
+
+    def check_state(self) -> None:
+        """Stop with a TrainingError if any tensor of the training state (:meth:`state_tensors`) holds a
+        NaN or an infinity, on any process (collective: every process stops at the same step)."""
+        bad = first_nonfinite(self.state_tensors())
+        what, value, where = (f"the training state ({bad[0]})", bad[1], "") if bad is not None else ("", 0.0, "")
+        if self.world > 1:
+            flags = D.gather_nograd(torch.tensor([float(bad is not None)], device=self.device))
+            first = int(flags.argmax())
+            if bool(flags[first] > 0) and bad is None:  # another process's state: it names the tensor
+                what, value = "the training state", "non-finite"
+            where = f" on process {first} of {self.world}"
+            if not bool(flags[first] > 0):
+                return
+        elif bad is None:
+            return
+        self._nonfinite(value, where=where, what=what)
+
     def save(self) -> None:
-        """Write the checkpoint and metrics.nc (rank 0; the other processes only join the gathers)."""
+        """Write the checkpoint and metrics.nc (rank 0; the other processes only join the gathers). The
+        state is checked first: a non-finite one stops the run, so every checkpoint written is finite."""
+        self.check_state()
         state = self._state()
         if self.out_dir is not None and D.is_main():
             save_checkpoint(state, self.out_dir / CHECKPOINT_NAME)
@@ -374,7 +482,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- the step
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The epoch's permutation of the training set (same on every process), on the device."""
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + 7919 * (epoch + 1))
+        g = torch.Generator().manual_seed(derived_seed(self.cfg.train.seed, 7919 * (epoch + 1)))
         return torch.randperm(self.train_images.shape[0], generator=g).to(self.device)
 
     def views(self, global_idx: torch.Tensor) -> list[torch.Tensor]:
@@ -426,13 +534,13 @@ class Trainer:
             where = f" on process {bad[0]} of {self.world}" if self.world > 1 else ""
             self._nonfinite(float(values[bad[0]]), where=where)
 
-    def _nonfinite(self, value: float, where: str = "") -> None:
+    def _nonfinite(self, value: float | str, where: str = "", what: str = "the loss") -> None:
         ckpt = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         if self.out_dir is not None and D.is_main():
             self.write_metrics()
         kept = (f"the last good checkpoint {ckpt} is kept" if ckpt is not None and ckpt.is_file()
                 else "no checkpoint had been written yet")
-        raise TrainingError(f"the loss became {value}{where} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}); "
+        raise TrainingError(f"{what} became {value}{where} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}); "
                             f"training stopped and {kept}. Lower optim.lr, or check the data and augmentation")
 
     # ---------------------------------------------------------------------------------------------- the loop
@@ -452,19 +560,28 @@ class Trainer:
         return acc
 
     def close(self) -> None:
-        """Destroy the process group if this trainer created it (a no-op otherwise)."""
+        """Destroy the process group if this trainer created it, and release the run folder's lock."""
         if getattr(self, "_owns_dist", False):
             D.shutdown_distributed()
             self._owns_dist = False
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def run(self) -> TrainResult:
         """Train to ``train.epochs`` (or ``train.max_steps``), writing checkpoints and metrics; at the end
         (or when every process stops on a TrainingError) the process group the trainer created is destroyed."""
-        self.setup()
         try:
+            self.setup()
             result = self._run()
         except TrainingError:
             self.close()  # all processes raise it at the same step (the checks are collective)
+            raise
+        except BaseException:
+            self._release_lock()
             raise
         self.close()
         return result
@@ -511,6 +628,7 @@ class Trainer:
                             bad_any, halt = bool(t[0] > 0), bool(t[1] > 0)
                         if bad_any:
                             self._nonfinite(self.last_loss)
+                        self.check_state()  # the loss can stay finite while BN statistics overflow
                         bad = None
                         if halt:
                             halted = True
@@ -539,7 +657,7 @@ class Trainer:
         self.probe.close()
         result = self.result(status)
         if self.out_dir is not None and D.is_main():
-            (self.out_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+            _write_text_atomic(self.out_dir / "summary.json", json.dumps(asdict(result), indent=2))
         if status == "interrupted":
             _log(f"interrupted at step {self.step}; checkpoint written, continue with --resume")
         return result

@@ -13,7 +13,7 @@ import sys
 
 from stopgrad import __version__
 
-VERB_MODULES = ("cmd_dynamics", "cmd_train", "cmd_demo")
+VERB_MODULES = ("cmd_dynamics", "cmd_train", "cmd_experiment", "cmd_compare", "cmd_figures", "cmd_demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

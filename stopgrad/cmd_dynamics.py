@@ -25,6 +25,8 @@ def simulation_from_dict(doc: dict):
     """
     from stopgrad.dynamics import Simulation
 
+    if isinstance(doc.get("simulate"), dict) and doc["simulate"].get("engine") == "siamese":
+        return _siamese_from_dict(doc)
     allowed = ("simulate",) + SIM_TABLES
     for key in doc:
         if key not in allowed:
@@ -47,6 +49,22 @@ def simulation_from_dict(doc: dict):
         raise
 
 
+SIAMESE_TABLES = ("data", "train", "grid")
+
+
+def _siamese_from_dict(doc: dict):
+    """``engine = "siamese"``: [simulate] (engine, steps, n_save, eval_size, seed), [data], [train], [grid]."""
+    from stopgrad.dynamics import SiameseSimulation
+
+    allowed = ("simulate",) + SIAMESE_TABLES
+    for key in doc:
+        if key not in allowed:
+            raise ConfigError(key, "[table]", f"unknown table for engine 'siamese'; allowed: {', '.join(allowed)}")
+    table = dict(doc["simulate"])
+    table.update({k: doc[k] for k in SIAMESE_TABLES if k in doc})
+    return build(SiameseSimulation, table)
+
+
 def _load_simulation(path: str):
     return simulation_from_dict(load_toml(path))
 
@@ -54,19 +72,38 @@ def _load_simulation(path: str):
 def _summary(ds) -> str:
     counts = Counter(ds["verdict"].values.tolist())
     verdicts = ", ".join(f"{v}: {n}" for v, n in sorted(counts.items()))
+    below = int(ds.attrs.get("below_atol_runs", 0))
+    note = (f"; {below} run(s) with a mode below the solver's atol (not resolved there: see below_atol)"
+            if below else "")
     return (f"{ds.sizes['run']} run(s), engine {ds.attrs['engine']} ({ds.attrs['backend']}), "
-            f"{ds.attrs['wall_seconds']:.2f} s; collapse at t_end: {verdicts}")
+            f"{ds.attrs['wall_seconds']:.2f} s; collapse at t_end: {verdicts}{note}")
+
+
+def _plan(sim, out) -> str:
+    m = sim.model
+    grid = " x ".join(f"{k}[{len(v)}]" for k, v in sim.grid.items())
+    return (f"stopgrad: {sim.n_runs} run(s){' over ' + grid if grid else ''}: {m.method} {m.n1}x{m.n2}, "
+            f"engine {sim.engine}, t_end {sim.t_end:g}, {sim.n_save} saves -> {out}")
 
 
 def _run(args, require_grid: bool) -> int:
     import warnings
 
     from stopgrad.analysis import write_netcdf
-    from stopgrad.dynamics import simulate
+    from stopgrad.dynamics import SiameseSimulation, simulate, simulate_siamese
+
+    from .guards import check_fits, check_output, check_steps, simulation_memory
 
     sim = _load_simulation(args.config)
+    if isinstance(sim, SiameseSimulation):
+        simulate = simulate_siamese  # noqa: F811  the four-view Siamese / contrastive simulator
     if require_grid and not sim.grid:
         raise ConfigError("grid", "{}", "a sweep needs a [grid] table with at least one swept parameter")
+    check_output(args.out, inputs=[args.config])
+    need, detail = simulation_memory(sim)
+    check_fits(need, detail, "grid" if sim.grid else "model", f"{sim.n_runs} run(s)")
+    check_steps(sim)
+    print(_plan(sim, args.out), file=sys.stderr, flush=True)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -104,7 +141,11 @@ def format_check_table(results) -> str:
 def cmd_check(args) -> int:
     from stopgrad.dynamics import theorems
 
+    from .guards import check_output, check_seed
 
+    check_seed("--seed", args.seed)
+    if args.json is not None:
+        check_output(args.json, key="--json")
     results = theorems.run_checks(seed=args.seed, only=args.only, progress=sys.stderr.isatty())
     print(format_check_table(results))
     if args.json:

@@ -9,21 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from stopgrad.config import build, load_toml
+from stopgrad.config import apply_overrides, build, load_toml
 from stopgrad.dynamics import ConfigError
 
 __all__ = ["load_train_config", "register"]
-
-
-def _parse_value(text: str):
-    try:
-        import tomllib
-    except ImportError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None):
@@ -37,25 +26,36 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None):
             raise ConfigError("train.fuse_views", train["fuse_views"], "was removed (it was never implemented); "
                               "delete the key")
         del train["fuse_views"]
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError("--set", item, "must look like table.key=value (e.g. train.epochs=1)")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = table
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError("--set", item, f"{part} is not a table")
-        node[parts[-1]] = _parse_value(value.strip())
+    apply_overrides(table, overrides)
     return build(TrainConfig, table)
+
+
+def _plan(cfg, args, device: str) -> str:
+    """One line saying what is about to run (a truncated but valid config shows here what it does)."""
+    t = cfg.train
+    steps = f", at most {t.max_steps} steps" if t.max_steps else ""
+    data = cfg.data.name + (f"[:{cfg.data.train_subset}]" if cfg.data.train_subset else "")
+    return (f"stopgrad: train {cfg.method.name}, {cfg.encoder.arch} on {data}, {t.epochs} epoch(s) of batch "
+            f"{t.batch_size}{steps}, {cfg.optim.name} lr {cfg.effective_lr:g}, seed {t.seed}, device {device}"
+            f"{' (resume)' if args.resume else ''} -> {args.out}")
 
 
 def _train(args: argparse.Namespace) -> int:
     from stopgrad.ssl_models import Trainer
 
+    from .guards import check_device, check_fits, check_output, train_memory
+
     cfg = load_train_config(args.config, args.set)
-    trainer = Trainer(cfg, args.out, data_root=args.data_root, device=args.device, resume=args.resume)
+    check_output(args.out, inputs=[args.config], kind="dir")
+    device = check_device(args.device)
+    need, detail = train_memory(cfg)
+    side = cfg.augment.crop_size or cfg.data.image_size or 32
+    check_fits(need, detail, "train.batch_size, augment.crop_size", f"{cfg.train.batch_size}, {side}")
+    print(_plan(cfg, args, device), flush=True)  # stdout: stderr is for the one-line error
+    if args.dry_run:
+        print(f"dry run: config, --out, --device and the memory estimate ({detail}) are fine; nothing was run")
+        return 0
+    trainer = Trainer(cfg, args.out, data_root=args.data_root, device=device, resume=args.resume)
     result = trainer.run()  # destroys the process group it created (torchrun) when training ends
     if trainer.rank == 0:
         knn = "n/a" if result.knn_last is None else f"{100 * result.knn_last:.2f}% (best {100 * result.knn_best:.2f}%)"
@@ -77,8 +77,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     run = Path(args.dir)
     if not (run / "config.toml").is_file():
         raise TrainingError(f"{run}: no config.toml; is this a `stopgrad train` run folder?")
+    from .guards import check_device
+
+    device = check_device(args.device)
     cfg = load_train_config(run / "config.toml", args.set)
-    res = evaluate_run(cfg, run, data_root=args.data_root, device=args.device, linear=not args.knn_only)
+    res = evaluate_run(cfg, run, data_root=args.data_root, device=device, linear=not args.knn_only)
     rows = [("kNN accuracy", f"{100 * res['knn_acc']:.2f}%  (k={res['knn_k']}, T={res['knn_temperature']:g})")]
     if "knn_monitor_best" in res:
         rows.append(("kNN monitor", f"last {100 * res['knn_monitor_last']:.2f}%, best {100 * res['knn_monitor_best']:.2f}%"
@@ -103,6 +106,8 @@ def register(subparsers) -> None:
     p.add_argument("config", help="TOML config (see configs/*.toml)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint.pt, metrics.nc, ...)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, --out, --device and the memory estimate, print the plan, and stop")
     p.add_argument("--data-root", metavar="PATH", default=None,
                    help="data folder (default: data.root in the config, else $STOPGRAD_DATA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")

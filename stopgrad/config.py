@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ConfigError", "build", "load_toml"]
+__all__ = ["ConfigError", "apply_overrides", "build", "load_toml"]
 
 
 def load_toml(path: str | Path) -> dict:
@@ -32,11 +32,17 @@ def load_toml(path: str | Path) -> dict:
         raise ConfigError("config", str(path), "no such file")
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            doc = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", str(path), f"is not valid TOML ({exc})") from None
     except UnicodeDecodeError:
         raise ConfigError("config", str(path), "is not a UTF-8 text file") from None
+    except OSError as exc:
+        raise ConfigError("config", str(path), f"cannot be read ({exc.strerror})") from None
+    if not doc:
+        raise ConfigError("config", str(path), "holds no settings (empty, or only comments); "
+                                               "start from a file in configs/")
+    return doc
 
 
 def _type_name(tp) -> str:
@@ -45,6 +51,14 @@ def _type_name(tp) -> str:
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+INT64 = (-(2**63), 2**63 - 1)  # the TOML integer range (TOML 1.0: "64 bit (signed long) range")
+
+
+def _check_int64(key: str, value: int) -> None:
+    if not INT64[0] <= value <= INT64[1]:
+        raise ConfigError(key, value, "is outside the 64-bit integer range of TOML [-2**63, 2**63 - 1]")
 
 
 def _convert(value, tp, key: str):
@@ -75,10 +89,13 @@ def _convert(value, tp, key: str):
     if tp is int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(key, value, "must be an integer")
+        _check_int64(key, value)
         return value
     if tp is float:
         if not _is_number(value):
             raise ConfigError(key, value, "must be a number")
+        if isinstance(value, int):
+            _check_int64(key, value)  # TOML integers are 64-bit; float() of a longer one overflows
         if not math.isfinite(value):
             raise ConfigError(key, value, "must be finite (no NaN or inf)")
         return float(value)
@@ -100,7 +117,9 @@ def _convert(value, tp, key: str):
             if not isinstance(v, list) or not all(_is_number(x) for x in v):
                 raise ConfigError(f"{key}.{k}", v, "must be a list of numbers")
             for x in v:
-                if not math.isfinite(x):
+                if isinstance(x, int):
+                    _check_int64(f"{key}.{k}", x)
+                elif not math.isfinite(x):
                     raise ConfigError(f"{key}.{k}", v, "must be finite (no NaN or inf)")
             out[k] = v
         return out
@@ -124,3 +143,30 @@ def build(cls, table: dict, prefix: str = ""):
         return cls(**kwargs)
     except ConfigError as err:
         raise err.prefixed(prefix) from None
+
+
+def _parse_value(text: str):
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def apply_overrides(table: dict, overrides: list[str] | None) -> dict:
+    """Set ``table.key=value`` items (``--set``) in a TOML table, in place; the values parse as TOML."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError("--set", item, "must look like table.key=value (e.g. train.epochs=1)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = table
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("--set", item, f"{part} is not a table")
+        node[parts[-1]] = _parse_value(value.strip())
+    return table

@@ -7,7 +7,8 @@ step with scaled error ``err`` (accept when err <= 1) the next step is ``h * fac
 
 (MAX_FACTOR when err = 0; at most 1 after a rejection; MIN_FACTOR when err is not finite). A step
 within LANDING of the gap to the next save time is clipped onto it. A rejected step smaller than
-MIN_STEP * max(1, |t|) is a step-size underflow. The first step is Hairer's starting step (scipy's
+MIN_STEP * max(1, |t|) is a step-size underflow (the torch loop: any step below MIN_STEP times
+the whole time span, see :func:`underflow_span_t`). The first step is Hairer's starting step (scipy's
 ``select_initial_step``), built from :func:`trial_step` and :func:`starting_step`.
 
 The scalar functions are numba ``inline="always"``: the kernels compile them into their loops, so
@@ -117,8 +118,11 @@ def lands_t(h: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
     return h >= gap * (1 - LANDING)
 
 
-def underflow_t(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return h < MIN_STEP * t.abs().clamp(min=1.0)
+def underflow_span_t(h: torch.Tensor, t: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """The torch loop's step-size underflow: any step (accepted or not, NaN included) below
+    MIN_STEP * max(|t|, span), span = max(1, the whole integration interval). Stricter than the numba
+    kernels' :func:`underflow` (rejected steps below MIN_STEP * max(1, |t|)), as on the old layout."""
+    return ~(h >= MIN_STEP * torch.maximum(t.abs(), span))
 
 
 def starting_step_t(rhs, t, y, f0, p, order, rtol, atol, rms):

@@ -25,7 +25,7 @@ import scipy.integrate
 import torch
 
 from .._checks import check, check_choice, check_range
-from .control import lands_t, next_step_t, starting_step_t, underflow_t
+from .control import lands_t, next_step_t, starting_step_t, underflow_span_t
 from .tableaux import METHODS, tableau
 
 __all__ = ["IntegrationResult", "STATUS", "STATUS_NAMES", "Solver", "integrate", "integrate_scipy"]
@@ -59,7 +59,9 @@ class Solver:
     def __post_init__(self):
         check_choice("method", self.method, METHODS)
         check_range("rtol", self.rtol, 0, 1, lo_open=True)
-        check_range("atol", self.atol, 0, None)
+        # atol > 0: with a pure relative tolerance a collapsing mode is followed down to the underflow
+        # threshold at full relative accuracy (found by the fuzz of issue 14: such sweeps ran for minutes)
+        check_range("atol", self.atol, 0, None, lo_open=True)
         check_range("dt", self.dt, 0, None, lo_open=True)
         check_range("max_steps", self.max_steps, 1, None, integer=True)
         check_range("chunk", self.chunk, 0, None, integer=True)
@@ -239,27 +241,45 @@ def _run_rk4(rhs, y0, t_save, solver, params, rec, bar, chunk, scale0, counters)
         y = y0[ids].clone()
         alive = torch.ones(ids.numel(), dtype=torch.bool, device=y.device)
         limit = solver.blowup * scale0[ids]
+        taken = 0  # steps so far; the runs of a chunk step in lockstep
         for i in range(1, t_save.numel()):
             t0, t1 = float(t_save[i - 1]), float(t_save[i])
             n_sub = max(1, math.ceil((t1 - t0) / solver.dt - 1e-9))
             h = (t1 - t0) / n_sub
-            for j in range(n_sub):
-                t = torch.full((ids.numel(),), t0 + j * h, dtype=y.dtype, device=y.device)
-                k1 = rhs(t, y, p)
-                k2 = rhs(t + h / 2, y + (h / 2) * k1, p)
-                k3 = rhs(t + h / 2, y + (h / 2) * k2, p)
-                k4 = rhs(t + h, y + h * k3, p)
-                y = y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
-                bad = alive & ~(torch.isfinite(y).all(dim=1) & (y.abs().amax(dim=1) <= limit))
-                if bool(bad.any()):
-                    _mark_failed(ids[bad], 1, t[bad] + h, counters)
-                    alive &= ~bad
-                    y[bad] = math.nan
+            if taken + n_sub > solver.max_steps:  # max_steps binds rk4 as it binds the adaptive methods
+                n_do = solver.max_steps - taken
+                _rk4_steps(rhs, y, alive, p, t0, h, n_do, limit, ids, counters)
+                nfev[ids.cpu()] += 4 * n_do
+                steps[ids.cpu()] += n_do
+                t_stop = torch.full((int(alive.sum()),), t0 + n_do * h, dtype=torch.float64)
+                _mark_failed(ids[alive], 3, t_stop, counters)
+                bar.update(ids.numel() * (t_save.numel() - i))
+                break
+            y = _rk4_steps(rhs, y, alive, p, t0, h, n_sub, limit, ids, counters)
+            taken += n_sub
             nfev[ids.cpu()] += 4 * n_sub
             steps[ids.cpu()] += n_sub
             pos = torch.full((int(alive.sum()),), i, dtype=torch.long, device=y.device)
             rec.add(ids[alive], pos, y[alive])
             bar.update(ids.numel())
+
+
+def _rk4_steps(rhs, y, alive, p, t0, h, n_steps, limit, ids, counters):
+    """``n_steps`` classical RK4 steps of size h from t0; a run that blows up is marked, set to NaN and
+    dropped from ``alive`` (in place). Returns the new state."""
+    for j in range(n_steps):
+        t = torch.full((ids.numel(),), t0 + j * h, dtype=y.dtype, device=y.device)
+        k1 = rhs(t, y, p)
+        k2 = rhs(t + h / 2, y + (h / 2) * k1, p)
+        k3 = rhs(t + h / 2, y + (h / 2) * k2, p)
+        k4 = rhs(t + h, y + h * k3, p)
+        y = y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+        bad = alive & ~(torch.isfinite(y).all(dim=1) & (y.abs().amax(dim=1) <= limit))
+        if bool(bad.any()):
+            _mark_failed(ids[bad], 1, t[bad] + h, counters)
+            alive &= ~bad
+            y[bad] = math.nan
+    return y
 
 
 def _run_adaptive(rhs, y0, t_save, solver, params, rec, bar, chunk, scale0, counters):
@@ -270,6 +290,7 @@ def _run_adaptive(rhs, y0, t_save, solver, params, rec, bar, chunk, scale0, coun
     S = t_save.numel()
     rtol, atol = solver.rtol, solver.atol
     pending = deque(range(R))
+    span = (t_save[-1] - t_save[0]).abs().clamp(min=1.0)
 
     # the active batch: run ids, state, clock, proposed step, first stage, next save index, step count
     ids = torch.empty(0, dtype=torch.long, device=device)
@@ -346,7 +367,10 @@ def _run_adaptive(rhs, y0, t_save, solver, params, rec, bar, chunk, scale0, coun
         k0 = torch.where(accept[:, None], K[s], k0)
 
         blown = accept & (y.abs().amax(dim=1) > limit)
-        tiny = ~accept & underflow_t(h, t)
+        # step-size underflow: a step below MIN_STEP of the time axis' scale (|t|, the whole span, or 1) would
+        # need more than ~1e14 steps, so it is reported now, accepted or not, instead of after max_steps
+        # (written as "not >=" so that a NaN step, from a non-finite right-hand side at the start, counts too)
+        tiny = underflow_span_t(h, t, span)
         maxed = nstep >= solver.max_steps
         failed = blown | tiny | maxed
         landed = accept & landing & ~failed

@@ -51,11 +51,20 @@ def fixed_points(eta, tau=1.0, sigma2=0.5, lam_s=None, lam_d=1.0):
 
     p*_pm = [tau +- sqrt(tau^2 - 4 eta lam)] / (2 lam); NaN where eta > eta_c (no real root).
     At eta = 0: p*_- = 0 and p*_+ = tau / lam.
+
+    p*_- is computed without cancellation as the product of the roots over p*_+, i.e.
+    p*_- = 2 eta / (tau + sqrt(tau^2 - 4 eta lam)): the difference tau - sqrt(...) loses all digits
+    when eta lam << tau^2 (at eta = 1e-12 it keeps only about 5), the quotient keeps full precision.
     """
     lam, tt = _lam_tau(sigma2, lam_s, tau, lam_d)
-    disc = tt**2 - 4.0 * np.asarray(eta, float) * lam
+    eta = np.asarray(eta, float)
+    disc = tt**2 - 4.0 * eta * lam
     root = np.sqrt(np.where(disc >= 0, disc, np.nan))
-    return (tt - root) / (2.0 * lam), (tt + root) / (2.0 * lam)
+    hi = (tt + root) / (2.0 * lam)
+    denom = tt + root
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo = np.where(denom > 0, 2.0 * eta / np.where(denom > 0, denom, 1.0), np.where(np.isnan(root), np.nan, 0.0))
+    return lo, hi
 
 
 def basin_edge(eta, tau=1.0, sigma2=0.5, lam_s=None, lam_d=1.0):

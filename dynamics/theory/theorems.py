@@ -469,3 +469,7 @@ def run_checks(seed: int = 0, only: list[str] | None = None, progress: bool = Fa
         res.seconds = time.perf_counter() - start
         results.append(res)
     return results
+
+from ..gsg_checks import GSG_CHECKS  # noqa: E402  GSG statements (docs/gsg_theory.md), registered here
+
+CHECKS.update(GSG_CHECKS)

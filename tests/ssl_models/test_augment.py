@@ -152,3 +152,19 @@ def test_default_recipe_is_simsiam_cifar():
     assert c.crop_scale == (0.2, 1.0) and math.isclose(c.crop_ratio[0], 0.75)
     assert (c.brightness, c.contrast, c.saturation, c.hue, c.jitter_p) == (0.4, 0.4, 0.4, 0.1, 0.8)
     assert c.grayscale_p == 0.2 and c.flip_p == 0.5 and c.blur_p == 0.0 and c.jitter_order == "random"
+
+
+def test_float64_output_computes_the_image_path_in_float64(images):
+    """``out_dtype = float64`` (``train.precision = "fp64"``) runs the whole image path in float64, not a
+    float32 result cast up: the float32 path's crop, flip, grayscale and blur differ from it by their
+    float32 round-off (a few operations on values of order 1: under 1e-6, with unit std), while the float64
+    result keeps digits below float32's resolution. Jitter and solarize are off: their thresholds and the
+    hue's division by the chroma can turn a round-off into a large difference."""
+    cfg = AugmentConfig(jitter_p=0.0, grayscale_p=0.5, blur_p=0.5, solarize_p=0.0)
+    a32 = GPUAugment(cfg, (32, 32), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    a64 = GPUAugment(cfg, (32, 32), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), out_dtype=torch.float64)
+    p = a32.sample(len(images), torch.Generator().manual_seed(15))
+    y32, y64 = a32.apply(images, p), a64.apply(images, p)
+    assert y32.dtype == torch.float32 and y64.dtype == torch.float64
+    torch.testing.assert_close(y64, y32.double(), atol=1e-6, rtol=0)
+    assert not torch.equal(y64, y64.float().double())  # not representable in float32: computed in float64

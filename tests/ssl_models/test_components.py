@@ -423,6 +423,8 @@ def test_every_shipped_config_loads():
         dp = load_train_config(REPO / "configs" / f"{name}-cifar10.toml")
         assert dp.method.loss_scale == 4.0 and dp.projector.out_dim == 128 and dp.predictor.kind == "linear"
         assert dp.method.momentum_schedule == "constant" and dp.method.momentum == 0.996
+        # the authors' main.py builds a plain SGD and no scheduler: the learning rate stays constant
+        assert (dp.optim.schedule, dp.optim.warmup_epochs) == ("constant", 0.0)
 
 
 def test_config_toml_round_trip(tmp_path):

@@ -73,3 +73,23 @@ def test_loss_is_the_window_mean_and_state_round_trips():
     copy = SpectralProbe(ProbeConfig(every=3), 10)
     copy.load_state_dict(probe.state_dict())
     np.testing.assert_array_equal(copy.to_dataset("m", "c")["s"].values, ds["s"].values)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_cross_view_probe_on_constructed_views(sign):
+    """View 2 = sign x view 1 and the target's outputs = 0.5 x the online ones: the cross-view correlation
+    is sign x F-hat, so s_cross = sign x s along F-hat's eigenvectors, and tau = 0.5 (target = tau x online,
+    Assumption 1). Float32 inputs: agreement to float32 round-off of the correlations (1e-5 relative)."""
+    g = torch.Generator().manual_seed(3)
+    probe = SpectralProbe(ProbeConfig(every=1, rho=0.7, cross_view=True), steps_per_epoch=4)
+    for step in range(3):
+        z1 = torch.randn(32, 5, generator=g) * torch.linspace(2, 0.3, 5)
+        z = torch.cat([z1, sign * z1])
+        out = {"z": z, "z_target": 0.5 * z, "loss": torch.tensor(0.0)}
+        probe.observe(out)
+        probe.record(step, out, 32, None, torch.eye(5), lr=0.1, ema_momentum=0.99)
+    ds = probe.to_dataset("byol", "config")
+    np.testing.assert_allclose(ds["s_cross"].values, sign * ds["s"].values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ds["tau"].values, 0.5, rtol=1e-5)
+    state = probe.state_dict()  # the cross-view EMAs are part of the checkpointed state
+    assert state["cross"]["F"] is not None and state["cross_target"]["F"] is not None
