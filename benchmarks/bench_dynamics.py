@@ -29,8 +29,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from stopgrad.dynamics import DataSpec, InitSpec, LinearModel, ModeInit, Simulation, Solver, simulate
-from stopgrad.dynamics.matrix_flow import draw_initial_matrices
+from stopgrad.dynamics import DataSpec, InitSpec, LinearModel, ModeInit, Simulation, Solver, draw_initial_matrices, simulate
 
 N1, N2, T_END, N_SAVE, SIGMA2 = 64, 32, 200.0, 11, 0.5
 RESULTS = Path(__file__).resolve().parent / "results"

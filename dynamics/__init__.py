@@ -1,4 +1,9 @@
-"""Gradient-flow dynamics of linear BYOL/SimSiam (Tian, Chen & Ganguli 2021) and their checks."""
+"""Gradient-flow dynamics of linear BYOL/SimSiam (Tian, Chen & Ganguli 2021) and their checks.
+
+Entry points: :func:`simulate` / :func:`sweep` on a :class:`Simulation`. The theory tools are the
+modules :mod:`closed_forms`, :mod:`symbolic` and :mod:`theorems` (``from stopgrad.dynamics import
+closed_forms``), living in the ``theory`` subpackage; the solvers in ``solvers``.
+"""
 
 from ._checks import ConfigError as ConfigError
 from ._checks import check as check
@@ -8,11 +13,8 @@ from ._checks import SEED_MAX as SEED_MAX
 from ._checks import check_psd as check_psd
 from ._checks import check_range as check_range
 from ._checks import check_seed as check_seed
-from .integrate import STATUS as STATUS
-from .integrate import IntegrationResult as IntegrationResult
-from .integrate import Solver as Solver
-from .integrate import integrate as integrate
-from .integrate import integrate_scipy as integrate_scipy
+from .initial import FrozenArray as FrozenArray
+from .initial import InitialState as InitialState
 from .matrix_flow import MatrixFlow as MatrixFlow
 from .matrix_flow import SymmetrizedFlow as SymmetrizedFlow
 from .matrix_flow import draw_initial_matrices as draw_initial_matrices
@@ -29,17 +31,21 @@ from .predictor_rules import directset as directset
 from .predictor_rules import make_rule as make_rule
 from .predictor_rules import matrix_rule as matrix_rule
 from .predictor_rules import spectral_rule as spectral_rule
-from .sampled import SampledSpec as SampledSpec
+from .results import collapse_verdicts as collapse_verdicts
+from .runs import RunTable as RunTable
 from .sampled import autograd_gradients as autograd_gradients
 from .sampled import moment_gradients as moment_gradients
 from .sampled import wishart_moments as wishart_moments
-from .simulate import ModeInit as ModeInit
-from .simulate import Simulation as Simulation
-from .simulate import collapse_verdicts as collapse_verdicts
 from .simulate import simulate as simulate
 from .simulate import sweep as sweep
-from .initial import FrozenArray as FrozenArray
-from .initial import InitialState as InitialState
+from .solvers import STATUS as STATUS
+from .solvers import IntegrationResult as IntegrationResult
+from .solvers import Solver as Solver
+from .solvers import integrate as integrate
+from .solvers import integrate_scipy as integrate_scipy
+from .specs import ModeInit as ModeInit
+from .specs import SampledSpec as SampledSpec
+from .specs import Simulation as Simulation
 from .siamese import SIAMESE_METHODS as SIAMESE_METHODS
 from .siamese import EvalSet as EvalSet
 from .siamese import SiameseData as SiameseData
@@ -60,3 +66,6 @@ from .gsg_flow import expected_gradients as expected_gradients
 from .gsg_flow import integrate_gsg_flow as integrate_gsg_flow
 from .gsg_flow import pair_differences as pair_differences
 from .gsg_flow import repulsion_matrix as repulsion_matrix
+from .theory import closed_forms as closed_forms
+from .theory import symbolic as symbolic
+from .theory import theorems as theorems

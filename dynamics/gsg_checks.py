@@ -41,7 +41,7 @@ PCA_TOL = 0.9
 
 
 def _result(*args, **kw):
-    from .theorems import CheckResult  # theorems imports this module at its end: import here, not at the top
+    from .theory.theorems import CheckResult  # theorems imports this module at its end: import here, not at the top
 
     return CheckResult(*args, **kw)
 

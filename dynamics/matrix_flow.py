@@ -24,6 +24,7 @@ from stopgrad.analysis import spectral_quantities
 
 from ._state import Layout
 from .model import LinearModel
+from .solvers.numba_rhs import matrix_work_size
 
 __all__ = ["MatrixFlow", "SymmetrizedFlow", "draw_initial_matrices"]
 
@@ -107,7 +108,10 @@ class MatrixFlow:
         Wa0 = torch.as_tensor(init["Wa"], device=self.device)
         if self.reduced:
             # W = C Q with Q orthonormal rows spanning rows of W(0) (and W_a(0) if it is independent)
-            M = torch.cat([W0, Wa0], dim=1) if model.init.wa == "random" else W0
+            # (W_a(0) = 0 or W(0), as drawn for init.wa "zero"/"copy", adds no direction; a random or
+            # explicitly given W_a(0) does)
+            own_rows = model.init.wa == "random" or not (bool((Wa0 == 0).all()) or torch.equal(Wa0, W0))
+            M = torch.cat([W0, Wa0], dim=1) if own_rows else W0
             Q, _ = torch.linalg.qr(M.mT)  # (R, n1, r)
             W0, Wa0 = W0 @ Q, Wa0 @ Q
             r = Q.shape[-1]
@@ -134,18 +138,15 @@ class MatrixFlow:
         self.params = p
 
     def numba_system(self):
-        """(name, PRM (R, 5), cfg, work size) for the numba CPU kernel, or None where it does not apply
-        (general data moments, predictor rules and the GPU use the torch backend)."""
+        """(name, cfg, work size) for the numba backends, or None where they do not apply (general data
+        moments, predictor rules and the GPU use the torch backend). The kernel rows come from the
+        RunTable."""
         m = self.model
         if not self.reduced or m.predictor == "rule" or self.device.type != "cpu":
             return None
-        from ._cpu_kernels import matrix_work_size
-
-        p = self.params
-        prm = torch.stack([p["alpha_p"], p["eta"], p["eta_p"], p["beta"], p["sigma2"]], dim=1).numpy()
         kind = {"learned": 0, "symmetric": 1, "identity": 2}[m.predictor]
         cfg = [m.n2, self.r, kind, int(m.stop_grad), int(m.simsiam)]
-        return "matrix", prm, cfg, matrix_work_size(m.n2, self.r)
+        return "matrix", cfg, matrix_work_size(m.n2, self.r)
 
     # --- the pieces shared by the RHS and the diagnostics -------------------------------------------
     def _mats(self, y: torch.Tensor, p: dict):

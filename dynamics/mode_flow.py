@@ -60,20 +60,16 @@ class ModeFlow:
         self.params = p
 
     def numba_system(self):
-        """(name, PRM, cfg, work size) for the numba CPU kernel, or None (user rules, the GPU)."""
+        """(name, cfg, work size) for the numba backends, or None (user rules, the GPU). The kernel rows
+        come from the RunTable (its ``lam_s``/``lam_d`` columns and this flow's rule)."""
         m = self.model
         dp = self.rule.directset_params if self.rule is not None else None
         if (m.predictor == "rule" and dp is None) or self.y0.device.type != "cpu":
             return None
-        power, eps, floor, normalize = dp if dp is not None else (1.0, 0.0, 0.0, True)
-        p = self.params
-        R = self.y0.shape[0]
-        scalars = torch.stack([p["alpha_p"], p["eta"], p["eta_p"], p["beta"]], dim=1)
-        rule = torch.tensor([power, eps, floor], dtype=torch.float64).expand(R, 3)
-        prm = torch.cat([scalars, rule, p["lam_s"], p["lam_d"]], dim=1).numpy()
+        normalize = dp[3] if dp is not None else True
         kind = {"learned": 0, "symmetric": 1, "identity": 2, "rule": 3}[m.predictor]
         cfg = [self.k, kind, int(m.stop_grad), int(m.simsiam), int(normalize)]
-        return "modes", prm, cfg, self.k
+        return "modes", cfg, self.k
 
     def _p(self, v, w, prm):
         if "p" in v and "p" in self.layout:

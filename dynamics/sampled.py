@@ -19,47 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ._checks import check, check_choice, check_range
-from .integrate import IntegrationResult
+from ._checks import check
+from .build import initial_state
 from .matrix_flow import MatrixFlow
 from .predictor_rules import CorrelationEMA
+from .results import to_dataset
+from .runs import RunTable
+from .solvers import IntegrationResult
+from .specs import SampledSpec
 
-__all__ = ["SampledSpec", "autograd_gradients", "batch_moments", "moment_gradients", "simulate_sampled", "wishart_moments"]
-
-
-@dataclass(frozen=True)
-class SampledSpec:
-    """Finite-batch SGD settings.
-
-    gradient = "autograd": draw the batch and differentiate the loss (stop-gradient by ``detach``).
-    gradient = "moments": the same batch, the same gradient in closed form from its second moments.
-    gradient = "wishart": draw the batch's second moments directly from their Wishart distribution
-    (exact in distribution for Gaussian data, since the quadratic loss sees the batch only through
-    them); the cost no longer grows with the batch size. Needs batch >= 2 n1.
-    gradient = "expected": the population moments, i.e. full-batch gradient descent (no sampling
-    noise; what is left of the gap to the flow is the discretisation error of the step).
-    ``data_seed`` seeds the sample stream (one stream for the whole batch of runs).
-    """
-
-    lr: float = 0.01
-    batch: int = 256
-    gradient: str = "autograd"
-    rho: float = 0.3
-    freq: int = 1
-    data_seed: int = 12345
-
-    def __post_init__(self):
-        check_range("lr", self.lr, 0, 1, lo_open=True)
-        check_range("batch", self.batch, 1, 10**7, integer=True)
-        check_choice("gradient", self.gradient, ("autograd", "moments", "wishart", "expected"))
-        check_range("rho", self.rho, 0, 1, hi_open=True)
-        check_range("freq", self.freq, 1, None, integer=True)
-        check_range("data_seed", self.data_seed, 0, 2**63 - 1, integer=True)
+__all__ = ["autograd_gradients", "batch_moments", "moment_gradients", "simulate_sampled", "wishart_moments"]
 
 
 def _sqrt_psd(M: np.ndarray) -> np.ndarray:
@@ -129,11 +102,9 @@ def simulate_sampled(sim, progress: bool = False):
     ``observe`` on the sampled (W, W_p, W_a), so theory and simulation are measured identically."""
     from tqdm.auto import tqdm
 
-    from .simulate import _run_table, _to_dataset, initial_state
-
     spec = sim.sampled or SampledSpec()
     m = sim.model
-    table = _run_table(sim)
+    table = RunTable.from_simulation(sim)
     R = len(table["eta"])
     n1, n2 = m.n1, m.n2
     if sim.save_times is None:
@@ -146,7 +117,7 @@ def simulate_sampled(sim, progress: bool = False):
     f64 = dict(dtype=torch.float64, device=device)
     init = initial_state(sim, table)
     obs_model = dataclasses.replace(m, predictor="learned") if m.predictor == "rule" else m
-    params = {k: torch.as_tensor(table[k], **f64) for k in ("alpha_p", "eta", "eta_p", "beta", "sigma2")}
+    params = table.torch(device=device)
     flow = MatrixFlow(obs_model, params, init, reduce=False, device=device)
     rule = m.predictor_rule()
     W = torch.as_tensor(init["W"], **f64)
@@ -235,6 +206,6 @@ def simulate_sampled(sim, progress: bool = False):
     t_fail = np.where(fail_step < 0, np.nan, fail_step * lr)
     res = IntegrationResult(t=t_flow, values=values, status=status, t_fail=t_fail,
                             nfev=np.full(R, steps), steps=np.full(R, steps), rejected=np.zeros(R, int))
-    ds = _to_dataset(sim, table, res, "torch", source="sampled", extra={"step": (("time",), save_steps)},
+    ds = to_dataset(sim, table, res, "torch", source="sampled", extra={"step": (("time",), save_steps)},
                      attrs={"lr": lr, "batch": spec.batch, "gradient": spec.gradient}, initial=init)
     return ds.set_coords("step")

@@ -139,14 +139,14 @@ def format_check_table(results) -> str:
 
 
 def cmd_check(args) -> int:
-    from stopgrad.dynamics.theorems import run_checks
+    from stopgrad.dynamics import theorems
 
     from .guards import check_output, check_seed
 
     check_seed("--seed", args.seed)
     if args.json is not None:
         check_output(args.json, key="--json")
-    results = run_checks(seed=args.seed, only=args.only, progress=sys.stderr.isatty())
+    results = theorems.run_checks(seed=args.seed, only=args.only, progress=sys.stderr.isatty())
     print(format_check_table(results))
     if args.json:
         path = Path(args.json)

@@ -189,9 +189,7 @@ def run_demo(out: Path, seed: int = 0, checks: bool = True, progress: bool = Fal
     """Run the demo into ``out``; returns the path of report.md. ``experiments``: sections 5-7 (real
     training, a few minutes); ``full``: rung 3 on a GPU as well."""
     from stopgrad.analysis import write_netcdf
-    from stopgrad.dynamics import ModeInit, Simulation, closed_forms, simulate
-    from stopgrad.dynamics.model import DataSpec, InitSpec, LinearModel
-    from stopgrad.dynamics.theorems import run_checks
+    from stopgrad.dynamics import DataSpec, InitSpec, LinearModel, ModeInit, Simulation, closed_forms, simulate, theorems
     from stopgrad.figures import collapse_phase_diagram, eigenvalue_trajectories, new_figure, save_figure
 
     from .cmd_dynamics import format_check_table
@@ -203,7 +201,7 @@ def run_demo(out: Path, seed: int = 0, checks: bool = True, progress: bool = Fal
     verdicts = {}
 
     if checks:
-        results = run_checks(seed=seed, progress=progress)
+        results = theorems.run_checks(seed=seed, progress=progress)
         table = format_check_table(results)
         (out / "check.txt").write_text(table + "\n")
         (out / "check.json").write_text(json.dumps([r.__dict__ for r in results], indent=2, default=str))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stopgrad.dynamics import closed_forms as cf
-from stopgrad.dynamics.symbolic import compare_with_closed_forms
+from stopgrad.dynamics import symbolic
 
 
 def test_paper_numbers_for_the_fixed_points():
@@ -49,5 +49,5 @@ def test_predictor_fixed_point_tends_to_a_projector():
 
 
 def test_symbolic_derivation_equals_closed_forms():
-    out = compare_with_closed_forms(n_points=50, seed=3)
+    out = symbolic.compare_with_closed_forms(n_points=50, seed=3)
     assert max(out.values()) <= 1e-12, out

@@ -11,7 +11,7 @@ import torch
 from stopgrad.dynamics import (DataSpec, InitSpec, LinearModel, MatrixFlow, ModeInit, Simulation, Solver, integrate,
                                simulate)
 from stopgrad.dynamics import theorems as th
-from stopgrad.dynamics.matrix_flow import draw_initial_matrices
+from stopgrad.dynamics import draw_initial_matrices
 
 f64 = torch.float64
 TIGHT = Solver(rtol=1e-12, atol=1e-14)
@@ -91,7 +91,9 @@ def test_symmetrized_engine_commutator_decays():
 
 def test_mode_engine_thresholds_on_the_parabola():
     """Per-mode SimSiam: p(0) just above p*_- survives and reaches p*_+, just below collapses."""
-    from stopgrad.dynamics.closed_forms import fixed_points
+    from stopgrad.dynamics import closed_forms
+
+    fixed_points = closed_forms.fixed_points
 
     eta, s2 = 0.05, 0.5
     lo, hi = fixed_points(eta, 1.0, s2)

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from stopgrad.dynamics import Solver, integrate, integrate_scipy
-from stopgrad.dynamics import _cpu_kernels
-from stopgrad.dynamics.integrate import tableau_arrays
+from stopgrad.dynamics import RunTable
+from stopgrad.dynamics.solvers import control, numba_lanes, numba_one_mode
+from stopgrad.dynamics.solvers.driver import solve_batch
+from stopgrad.dynamics.solvers.tableaux import tableau_arrays
 
 f64 = torch.float64
 
@@ -102,9 +104,10 @@ def test_numba_kernel_matches_torch_integrator():
     ts = np.linspace(0, 30, 7)
     for method in ("dopri5", "dop853"):
         ref = integrate(flow.rhs, flow.y0, ts, Solver(method=method, rtol=1e-8, atol=1e-10), params=flow.params)
-        name, prm, cfg, work = flow.numba_system()
-        out, stats, _ = _cpu_kernels.solve_batch(name, flow.y0.numpy(), prm, cfg, ts, tableau_arrays(method), 1e-8,
-                                                 1e-10, 10**6, 1e8, work)
+        name, cfg, work = flow.numba_system()
+        prm = RunTable({k: v.numpy() for k, v in params.items()}).kernel(name)
+        out, stats, _ = solve_batch(name, flow.y0.numpy(), prm, cfg, ts, tableau_arrays(method), 1e-8, 1e-10, 10**6,
+                                    1e8, work)
         assert np.abs(out - ref.values["y"].numpy()).max() < 1e-11
         assert np.array_equal(stats[:, 1], ref.nfev)
 
@@ -148,7 +151,7 @@ def test_simd_lane_kernel_equals_the_per_run_kernel(predictor, method, stop_grad
     sim = Simulation(model=model, engine="modes", t_end=50.0, n_save=6, grid=grid, modes=ModeInit(s0=(0.3, 0.2, 0.1)),
                      solver=Solver(rtol=1e-8, atol=1e-10))
     lanes = simulate(sim)  # 70 runs >= 4 lanes' worth: the lane kernel
-    assert lanes.sizes["run"] >= 4 * _cpu_kernels.LANES
+    assert lanes.sizes["run"] >= 4 * numba_lanes.LANES
     ref = simulate(dataclasses_replace(sim, backend="torch"))
     assert np.array_equal(lanes.nfev.values, ref.nfev.values)
     # same steps; the values differ only by floating-point reassociation (fastmath sums), which runs near
@@ -178,7 +181,7 @@ def test_one_mode_dopri5_kernel_takes_the_torch_solvers_steps(predictor, method,
     sim = Simulation(model=model, engine="modes", t_end=60.0, n_save=7, grid=grid, modes=ModeInit(s0=0.2),
                      solver=Solver(method="dopri5", rtol=1e-8, atol=1e-10))
     name, _, cfg, _ = ("modes", None, [1, {"learned": 0, "symmetric": 1, "identity": 2}[predictor]], None)
-    assert _cpu_kernels.one_mode_applies(name, cfg, tableau_arrays("dopri5"), 72)
+    assert numba_one_mode.one_mode_applies(name, cfg, tableau_arrays("dopri5"), 72)
     fast = simulate(sim)
     ref = simulate(dataclasses_replace(sim, backend="torch"))
     assert np.array_equal(fast.nfev.values, ref.nfev.values)
@@ -228,7 +231,7 @@ def test_step_factor_matches_pow_to_a_few_ulp():
     @numba.njit
     def many(e, out):
         for i in range(e.size):
-            out[i] = _cpu_kernels._step_factor(e[i])
+            out[i] = control.step_factor_dp5(e[i])
 
     err = np.exp(np.random.default_rng(0).uniform(np.log(1e-6), np.log(1e4), 200_000))
     err = np.concatenate([err, 2.0 ** np.arange(-19, 13), [1e-6, 1e4, 1.0]])

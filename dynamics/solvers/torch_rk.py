@@ -24,9 +24,11 @@ import numpy as np
 import scipy.integrate
 import torch
 
-from ._checks import check, check_choice, check_range
+from .._checks import check, check_choice, check_range
+from .control import lands_t, next_step_t, starting_step_t, underflow_span_t
+from .tableaux import METHODS, tableau
 
-__all__ = ["IntegrationResult", "Solver", "integrate", "integrate_scipy", "STATUS"]
+__all__ = ["IntegrationResult", "STATUS", "STATUS_NAMES", "Solver", "integrate", "integrate_scipy"]
 
 RHS = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
 Observe = Callable[[torch.Tensor, torch.Tensor, dict], dict]
@@ -34,8 +36,6 @@ Observe = Callable[[torch.Tensor, torch.Tensor, dict], dict]
 #: status codes of a run
 STATUS = {0: "ok", 1: "blow-up", 2: "step-size underflow", 3: "max steps"}
 STATUS_NAMES = np.array([STATUS[c] for c in range(len(STATUS))])  # STATUS_NAMES[codes]: names of an array of codes
-METHODS = ("dop853", "dopri5", "rk4")
-TINY_STEP = 1e-14  # relative step-size floor (about 45 ulps of float64): below it a run cannot finish
 
 
 @dataclass(frozen=True)
@@ -103,43 +103,6 @@ class IntegrationResult:
         ]
 
 
-class _Tableau:
-    def __init__(self, cls, error_order: int, dop853: bool):
-        self.s = cls.n_stages
-        self.A = torch.as_tensor(np.asarray(cls.A, dtype=float)[: self.s, : self.s])
-        self.B = torch.as_tensor(np.asarray(cls.B, dtype=float))
-        self.C = torch.as_tensor(np.asarray(cls.C, dtype=float)[: self.s])
-        self.dop853 = dop853
-        if dop853:
-            self.E5 = torch.as_tensor(np.asarray(cls.E5, dtype=float))
-            self.E3 = torch.as_tensor(np.asarray(cls.E3, dtype=float))
-        else:
-            self.E = torch.as_tensor(np.asarray(cls.E, dtype=float))
-        self.exponent = -1.0 / (error_order + 1)
-        self.order = cls.order
-
-    def to(self, device, dtype):
-        for name in ("A", "B", "C", "E5", "E3", "E"):
-            if hasattr(self, name):
-                setattr(self, name, getattr(self, name).to(device, dtype))
-        return self
-
-
-def tableau_arrays(method: str) -> dict:
-    """The tableau of ``method`` as float64 numpy arrays (for the numba backend)."""
-    tab = _tableau(method)
-    get = lambda name: tab.__dict__[name].numpy().copy() if name in tab.__dict__ else None  # noqa: E731
-    return {"A": get("A"), "B": get("B"), "C": get("C"), "E": get("E"), "E3": get("E3"), "E5": get("E5"),
-            "s": tab.s, "dop853": tab.dop853, "exponent": tab.exponent, "order": tab.order}
-
-
-def _tableau(method: str) -> _Tableau:
-    if method == "dopri5":
-        return _Tableau(scipy.integrate.RK45, 4, dop853=False)
-    return _Tableau(scipy.integrate.DOP853, 7, dop853=True)
-
-
-SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 
 
 def _auto_chunk(n_runs: int, n_state: int, device: torch.device) -> int:
@@ -319,24 +282,9 @@ def _rk4_steps(rhs, y, alive, p, t0, h, n_steps, limit, ids, counters):
     return y
 
 
-def _initial_step(rhs, t, y, f0, p, order, rtol, atol):
-    """Hairer's starting step (as scipy's select_initial_step), per run; costs one RHS call."""
-    scale = atol + y.abs() * rtol
-    d0, d1 = _rms(y / scale), _rms(f0 / scale)
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp(min=1e-300))
-    y1 = y + h0[:, None] * f0
-    f1 = rhs(t + h0, y1, p)
-    d2 = _rms((f1 - f0) / scale) / h0
-    dmax = torch.maximum(d1, d2)
-    h1 = torch.where(
-        dmax <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3), (0.01 / dmax.clamp(min=1e-300)) ** (1.0 / (order + 1))
-    )
-    return torch.minimum(100 * h0, h1)
-
-
 def _run_adaptive(rhs, y0, t_save, solver, params, rec, bar, chunk, scale0, counters):
     device, dtype = y0.device, y0.dtype
-    tab = _tableau(solver.method).to(device, dtype)
+    tab = tableau(solver.method).to(device, dtype)
     status, t_fail, nfev, steps, rejected = counters
     R, n = y0.shape
     S = t_save.numel()
@@ -368,7 +316,7 @@ def _run_adaptive(rhs, y0, t_save, solver, params, rec, bar, chunk, scale0, coun
         yn = y0[new]
         tn = t_save[0].expand(new.numel()).clone()
         fn = rhs(tn, yn, pn)
-        hn = _initial_step(rhs, tn, yn, fn, pn, tab.order, rtol, atol)
+        hn = starting_step_t(rhs, tn, yn, fn, pn, tab.order, rtol, atol, _rms)
         nfev[new.cpu()] += 2
         ids, y, t, h, k0 = torch.cat([ids, new]), torch.cat([y, yn]), torch.cat([t, tn]), torch.cat([h, hn]), torch.cat([k0, fn])
         pos = torch.cat([pos, torch.ones_like(new)])
@@ -382,7 +330,7 @@ def _run_adaptive(rhs, y0, t_save, solver, params, rec, bar, chunk, scale0, coun
         A = ids.numel()
         t_next = t_save[pos]
         gap = t_next - t
-        landing = h >= gap * (1 - 1e-12)
+        landing = lands_t(h, gap)
         h_eff = torch.where(landing, gap, h)
         hc = h_eff[:, None]
         K = torch.empty(s + 1, A, n, dtype=dtype, device=device)
@@ -412,21 +360,17 @@ def _run_adaptive(rhs, y0, t_save, solver, params, rec, bar, chunk, scale0, coun
         steps[ids_c[acc_c]] += 1
         rejected[ids_c[~acc_c]] += 1
 
-        factor = torch.where(err == 0, torch.full_like(err, MAX_FACTOR), SAFETY * err.clamp(min=1e-300) ** tab.exponent)
-        factor = torch.where(accept, factor.clamp(max=MAX_FACTOR), factor.clamp(min=MIN_FACTOR, max=1.0))
-        h_new = h_eff * factor
-        # after an accepted step clipped onto a save time, keep the unclipped proposal if it was larger
-        h = torch.where(accept & landing, torch.maximum(h_new, h), h_new)
+        h = next_step_t(h_eff, h, err, accept, landing, tab.exponent)
         t = torch.where(accept, t + h_eff, t)
         t = torch.where(accept & landing, t_next, t)
         y = torch.where(accept[:, None], y_new, y)
         k0 = torch.where(accept[:, None], K[s], k0)
 
         blown = accept & (y.abs().amax(dim=1) > limit)
-        # step-size underflow: a step below 1e-14 of the time axis' scale (|t|, the whole span, or 1) would
+        # step-size underflow: a step below MIN_STEP of the time axis' scale (|t|, the whole span, or 1) would
         # need more than ~1e14 steps, so it is reported now, accepted or not, instead of after max_steps
         # (written as "not >=" so that a NaN step, from a non-finite right-hand side at the start, counts too)
-        tiny = ~(h >= TINY_STEP * torch.maximum(t.abs(), span))
+        tiny = underflow_span_t(h, t, span)
         maxed = nstep >= solver.max_steps
         failed = blown | tiny | maxed
         landed = accept & landing & ~failed

@@ -23,15 +23,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._checks import ConfigError
+from ..initial import InitialState
+from ..matrix_flow import SymmetrizedFlow
+from ..mode_flow import ModeFlow
+from ..model import DataSpec, InitSpec, LinearModel
+from ..predictor_rules import directpred
+from ..simulate import simulate
+from ..solvers import Solver
+from ..specs import ModeInit, SampledSpec, Simulation
 from . import closed_forms as cf
-from .integrate import Solver, integrate
-from .matrix_flow import MatrixFlow, SymmetrizedFlow, draw_initial_matrices
-from .mode_flow import ModeFlow
-from .model import DataSpec, InitSpec, LinearModel
-from .sampled import SampledSpec
-from .simulate import ModeInit, Simulation, simulate
 
-__all__ = ["CHECKS", "CheckResult", "run_checks"]
+__all__ = ["CHECKS", "CheckResult", "run_checks", "theorem1_simulation", "theorem2_simulation"]
 
 TIGHT = Solver(method="dop853", rtol=1e-12, atol=1e-14)
 f64 = torch.float64
@@ -60,24 +63,47 @@ def _params(R, **values):
     return {k: torch.as_tensor(np.broadcast_to(np.asarray(v, float), (R,)).copy(), dtype=f64) for k, v in values.items()}
 
 
+def _general_data(rng, n1, noise=0.5) -> DataSpec:
+    """Random general moments: X = A A^T / n1, X' = noise B B^T / n1 (A, B standard normal)."""
+    return DataSpec(kind="general", X=_random_psd(rng, n1), X_prime=_random_psd(rng, n1, noise))
+
+
+def theorem1_simulation(rng, method: str, alpha_p, eta, beta=None, n1: int = 5, n2: int = 3, t_end: float = 20.0,
+                        n_save: int = 41, solver: Solver = TIGHT) -> Simulation:
+    """Theorem 1's set-up: general random X, X' (from ``rng``), non-symmetric random W_p, W_a(0) random
+    (BYOL) or 0 (SimSiam), eta_p = eta; one run per entry of the (R,) arrays alpha_p, eta (and beta
+    for BYOL), each with its own seed from ``rng``. The result's ``balance`` is the theorem's residual."""
+    byol = method == "byol"
+    model = LinearModel(n1=n1, n2=n2, method=method, beta=0.5 if byol else None, data=_general_data(rng, n1),
+                        init=InitSpec(wa="random" if byol else "zero"))
+    R = len(alpha_p)
+    runs = {"alpha_p": alpha_p, "eta": eta, "eta_p": eta, "seed": rng.integers(0, 2**31, R)}
+    if byol:
+        runs["beta"] = beta
+    return Simulation(model=model, t_end=t_end, n_save=n_save, runs=runs, solver=solver)
+
+
+def theorem2_simulation(rng, alpha_p, eta, scale: float = 1.0, n1: int = 5, n2: int = 3, t_end: float = 40.0,
+                        n_save: int = 81, solver: Solver = TIGHT) -> Simulation:
+    """Theorem 2's set-up: SimSiam without stop-gradient on general random X, X' (from ``rng``), W(0)
+    and W_p(0) drawn with scale ``scale``; one run per entry of the (R,) arrays alpha_p and eta.
+    The theorem bounds the result's ``weight_norm`` by e^{-eta t} ||W(0)||."""
+    model = LinearModel(n1=n1, n2=n2, method="simsiam", beta=None, stop_grad=False, data=_general_data(rng, n1),
+                        init=InitSpec(w_scale=scale, wp_scale=scale))
+    runs = {"alpha_p": alpha_p, "eta": eta, "eta_p": eta, "seed": rng.integers(0, 2**31, len(alpha_p))}
+    return Simulation(model=model, t_end=t_end, n_save=n_save, runs=runs, solver=solver)
+
+
 def check_theorem1(seed: int) -> CheckResult:
     """W W^T - W_p^T W_p / alpha_p - e^{-2 eta t} C = 0 for general X, X', non-symmetric W_p, any alpha_p."""
     rng = np.random.default_rng(seed)
     worst, runs = 0.0, 0
+    R = 4
     for method in ("byol", "simsiam"):
         for _ in range(2):
-            n1, n2 = 5, 3
-            data = DataSpec(kind="general", X=_random_psd(rng, n1).tolist(), X_prime=_random_psd(rng, n1, 0.5).tolist())
-            model = LinearModel(n1=n1, n2=n2, method=method, beta=0.5 if method == "byol" else None, data=data,
-                                init=InitSpec(wa="random" if method == "byol" else "zero"))
-            R = 4
-            p = _params(R, alpha_p=rng.uniform(0.3, 3.0, R), eta=rng.uniform(0.0, 0.2, R), beta=rng.uniform(0.1, 1.0, R),
-                        sigma2=0.0)
-            p["eta_p"] = p["eta"].clone()
-            init = draw_initial_matrices(model, rng.integers(0, 2**31, R), np.ones(R), np.ones(R))
-            flow = MatrixFlow(model, p, init)
-            res = integrate(flow.rhs, flow.y0, np.linspace(0, 20, 41), TIGHT, params=flow.params, observe=flow.observe)
-            worst = max(worst, float(res.values["balance"].max()))
+            sim = theorem1_simulation(rng, method, alpha_p=rng.uniform(0.3, 3.0, R), eta=rng.uniform(0.0, 0.2, R),
+                                      beta=rng.uniform(0.1, 1.0, R))
+            worst = max(worst, float(simulate(sim).balance.max()))
             runs += R
     return CheckResult("theorem1", "Thm 1: W W^T = W_p^T W_p / alpha_p + e^{-2 eta t} C (general X, X', any alpha_p)",
                        worst, 1e-9, worst <= 1e-9, f"{runs} random BYOL/SimSiam runs, t in [0, 20]")
@@ -86,16 +112,11 @@ def check_theorem1(seed: int) -> CheckResult:
 def check_theorem2(seed: int) -> CheckResult:
     """Without stop-gradient ||W(t)|| <= e^{-eta t} ||W(0)|| for any predictor trajectory, so W -> 0."""
     rng = np.random.default_rng(seed + 1)
-    n1, n2, R = 5, 3, 6
-    data = DataSpec(kind="general", X=_random_psd(rng, n1).tolist(), X_prime=_random_psd(rng, n1, 0.5).tolist())
-    model = LinearModel(n1=n1, n2=n2, method="simsiam", beta=None, stop_grad=False, data=data)
+    R = 6
     eta = rng.uniform(0.05, 0.3, R)
-    p = _params(R, alpha_p=rng.uniform(0.5, 2.0, R), eta=eta, eta_p=eta, beta=0.0, sigma2=0.0)
-    init = draw_initial_matrices(model, rng.integers(0, 2**31, R), np.ones(R), np.ones(R))
-    flow = MatrixFlow(model, p, init)
-    t = np.linspace(0, 40, 81)
-    res = integrate(flow.rhs, flow.y0, t, TIGHT, params=flow.params, observe=flow.observe)
-    norm = res.values["weight_norm"].numpy()
+    ds = simulate(theorem2_simulation(rng, alpha_p=rng.uniform(0.5, 2.0, R), eta=eta))
+    t = ds.time.values
+    norm = ds.weight_norm.values
     bound = np.exp(-eta[:, None] * t[None, :]) * norm[:, :1]
     excess = float(np.max((norm - bound) / norm[:, :1]))
     final = float(np.max(norm[:, -1] / norm[:, 0]))
@@ -108,24 +129,21 @@ def check_no_predictor(seed: int) -> CheckResult:
     """No predictor, stop-gradient kept: W(t) = W(0) exp(-(X' + eta I) t) (the remark after Thm 2, fixed)."""
     rng = np.random.default_rng(seed + 2)
     n1, n2, R = 4, 2, 3
-    Xp = _random_psd(rng, n1, 0.5)
-    data = DataSpec(kind="general", X=_random_psd(rng, n1).tolist(), X_prime=Xp.tolist())
-    model = LinearModel(n1=n1, n2=n2, method="simsiam", beta=None, predictor="identity", data=data)
+    data = _general_data(rng, n1)
     eta = 0.1
-    p = _params(R, alpha_p=1.0, eta=eta, eta_p=eta, beta=0.0, sigma2=0.0)
-    init = draw_initial_matrices(model, rng.integers(0, 2**31, R), np.ones(R), np.ones(R))
-    flow = MatrixFlow(model, p, init)
-    t = np.linspace(0, 5, 6)
-    res = integrate(flow.rhs, flow.y0, t, TIGHT, params=flow.params)
-    W = res.values["y"].numpy().reshape(R, len(t), n2, n1)
+    model = LinearModel(n1=n1, n2=n2, method="simsiam", beta=None, predictor="identity", eta=eta, data=data)
+    ds = simulate(Simulation(model=model, t_end=5.0, n_save=6, runs={"seed": rng.integers(0, 2**31, R)}, solver=TIGHT))
+    X, Xp = data.moments(n1)
     lam, V = np.linalg.eigh(Xp + eta * np.eye(n1))
+    W0 = ds.init_W.values
     err = 0.0
-    for i, ti in enumerate(t):
-        expm = (V * np.exp(-lam * ti)) @ V.T
-        exact = init["W"] @ expm
-        err = max(err, float(np.abs(W[:, i] - exact).max() / np.abs(init["W"]).max()))
+    for i, ti in enumerate(ds.time.values):
+        exact = W0 @ ((V * np.exp(-lam * ti)) @ V.T)
+        s_exact = np.linalg.eigvalsh(exact @ X @ exact.transpose(0, 2, 1))[:, ::-1]
+        s = ds.s.values[:, i]
+        err = max(err, float(np.abs(s - s_exact).max() / np.abs(s_exact).max()))
     return CheckResult("no_predictor", "No predictor: W(t) = W(0) exp(-(X' + eta I) t) -> 0", err, 1e-9, err <= 1e-9,
-                       "closed-form matrix exponential")
+                       "closed-form matrix exponential; eigenvalues of W X W^T")
 
 
 def _random_symmetric_state(rng, R, n):
@@ -160,12 +178,14 @@ def check_theorem3_decay(seed: int) -> CheckResult:
     rng = np.random.default_rng(seed + 4)
     R, n = 8, 6
     F, Wp = _random_symmetric_state(rng, R, n)
-    p = _params(R, alpha_p=2.0, eta=0.3, sigma2=0.5, tau=1.0)  # theory.md check #3's setting
-    flow = SymmetrizedFlow(F, Wp, p)
-    t = np.linspace(0, 10, 401)
-    res = integrate(flow.rhs, flow.y0, t, TIGHT, params=flow.params, observe=flow.observe)
-    kmin = res.values["k_min"].numpy()
-    L = res.values["commutator_norm"].numpy()
+    # theory.md check #3's setting: alpha_p = 2, eta = 0.3, sigma2 = 0.5, tau = 1
+    model = LinearModel(n1=n, n2=n, method="simsiam", beta=None, predictor="symmetric", alpha_p=2.0, eta=0.3,
+                        data=DataSpec(sigma2=0.5))
+    ds = simulate(Simulation(model=model, engine="symmetrized", tau=1.0, t_end=10.0, n_save=401, solver=TIGHT,
+                             initial=InitialState(F=F.numpy(), Wp=Wp.numpy())))
+    t = ds.time.values
+    kmin = ds.k_min.values
+    L = ds.commutator_norm.values
     lam0 = kmin.min(axis=1)
     ok_k = bool((lam0 > 0).all())
     ratio = L / (np.exp(-2 * lam0[:, None] * t[None, :]) * L[:, :1])
@@ -196,43 +216,35 @@ def check_mode_reduction(seed: int) -> CheckResult:
     rng = np.random.default_rng(seed + 5)
     n1, n2, R = 6, 4, 6
     worst = 0.0
-    t = np.linspace(0, 30, 31)
     for method in ("byol", "simsiam"):
-        model = LinearModel(n1=n1, n2=n2, method=method, beta=0.3 if method == "byol" else None,
-                            data=DataSpec(sigma2=0.5))
+        byol = method == "byol"
+        model = LinearModel(n1=n1, n2=n2, method=method, beta=0.3 if byol else None, data=DataSpec(sigma2=0.5))
         init, w, wa, pp = _svd_state(rng, n1, n2, R)
-        if method == "simsiam":
+        if not byol:
             init["Wa"] = init["W"].copy()
-            wa = w
         eta = rng.uniform(0.0, 0.05, R)
-        p = _params(R, alpha_p=rng.uniform(0.5, 2.0, R), eta=eta, eta_p=eta, beta=0.3, sigma2=0.5)
-        mf = MatrixFlow(model, p, init, reduce=False)
-        rm = integrate(mf.rhs, mf.y0, t, TIGHT, params=mf.params, observe=mf.observe)
-        lam_s = torch.full((R, n2), 1.5, dtype=f64)
-        lam_d = torch.ones((R, n2), dtype=f64)
-        T = lambda a: torch.as_tensor(a, dtype=f64)  # noqa: E731
-        md = ModeFlow(model, p, lam_s, lam_d, T(pp), T(w**2), T(wa))
-        rmd = integrate(md.rhs, md.y0, t, TIGHT, params=md.params, observe=md.observe)
+        runs = {"alpha_p": rng.uniform(0.5, 2.0, R), "eta": eta, "eta_p": eta}
+        common = dict(model=model, t_end=30.0, n_save=31, runs=runs, solver=TIGHT)
+        matrix = simulate(Simulation(**common, initial=InitialState(**init)))
+        modes = simulate(Simulation(**common, engine="modes",
+                                    initial=InitialState(p=pp, s=w**2, tau=wa / w if byol else None)))  # lambda_d = 1
         for key in ("s", "p"):
-            a = np.sort(rm.values[key].numpy(), axis=-1)
-            b = np.sort(rmd.values[key].numpy(), axis=-1)
+            a = np.sort(matrix[key].values, axis=-1)
+            b = np.sort(modes[key].values, axis=-1)
             worst = max(worst, float(np.abs(a - b).max() / np.abs(b).max()))
     return CheckResult("mode_reduction", "§3.1: matrix flow in SVD form == per-mode (p_j, w_j, w_a,j) system", worst,
                        1e-8, worst <= 1e-8, f"{2 * R} runs (BYOL and SimSiam), n1={n1}, n2={n2}, t in [0, 30]")
 
 
 def _simulate_modes(eta, p0, s0, alpha_p, sigma2, t_end, tol=1e-9):
-    """Per-mode SimSiam runs (R,) with given per-run eta, p0, s0, alpha_p; returns final s and p."""
+    """Per-mode SimSiam runs (R,) with given per-run eta, p0, s0, alpha_p; returns final s, final p, Dataset."""
     R = len(p0)
     model = LinearModel(n1=1, n2=1, method="simsiam", beta=None, data=DataSpec(sigma2=sigma2), init=InitSpec(wa="copy"))
-    T = lambda a: torch.as_tensor(np.asarray(a, float).reshape(R, 1), dtype=f64)  # noqa: E731
-    p = _params(R, alpha_p=alpha_p, eta=eta, eta_p=eta, beta=0.0, sigma2=sigma2)
-    md = ModeFlow(model, p, T(np.full(R, 1 + sigma2)), T(np.ones(R)), T(p0), T(s0), T(np.sqrt(s0)))
-    sim = Simulation(model=model, engine="modes", t_end=t_end, n_save=2, solver=Solver(rtol=tol, atol=tol * 1e-3))
-    from .simulate import _integrate_system
-
-    res, _ = _integrate_system(md, sim, np.array([0.0, t_end]), False)
-    return res.values["s"][:, -1, 0].numpy(), res.values["p"][:, -1, 0].numpy(), res
+    runs = {"eta": np.broadcast_to(eta, (R,)), "alpha_p": np.broadcast_to(alpha_p, (R,))}
+    ds = simulate(Simulation(model=model, engine="modes", t_end=t_end, n_save=2, runs=runs,
+                             initial=InitialState(p=np.reshape(p0, (R, 1)), s=np.reshape(s0, (R, 1))),
+                             solver=Solver(rtol=tol, atol=tol * 1e-3)))
+    return ds.s.values[:, -1, 0], ds.p.values[:, -1, 0], ds
 
 
 def check_fixed_points(seed: int) -> CheckResult:
@@ -381,23 +393,16 @@ def check_additive_noise(seed: int) -> CheckResult:
 
 def check_rule_worlds(seed: int) -> CheckResult:
     """A predictor rule gives the same trajectory in the matrix flow (eigh of F-hat) and the per-mode ODE (phi(s))."""
-    from .predictor_rules import directpred
-
     rng = np.random.default_rng(seed + 12)
     n1, n2, R = 5, 4, 3
     model = LinearModel(n1=n1, n2=n2, method="byol", beta=0.5, predictor="rule", rule=directpred(eps=0.1),
                         data=DataSpec(sigma2=0.3))
     init, w, wa, _ = _svd_state(rng, n1, n2, R)
-    p = _params(R, alpha_p=1.0, eta=0.01, eta_p=0.01, beta=0.5, sigma2=0.3)
-    t = np.linspace(0, 20, 21)
-    mf = MatrixFlow(model, p, init, reduce=False)
-    rm = integrate(mf.rhs, mf.y0, t, TIGHT, params=mf.params, observe=mf.observe)
-    T = lambda a: torch.as_tensor(a, dtype=f64)  # noqa: E731
-    md = ModeFlow(model, p, torch.full((R, n2), 1.3, dtype=f64), torch.ones((R, n2), dtype=f64), T(np.zeros((R, n2))),
-                  T(w**2), T(wa))
-    rmd = integrate(md.rhs, md.y0, t, TIGHT, params=md.params, observe=md.observe)
-    a = np.sort(rm.values["s"].numpy(), -1)
-    b = np.sort(rmd.values["s"].numpy(), -1)
+    common = dict(model=model, t_end=20.0, n_save=21, solver=TIGHT)
+    matrix = simulate(Simulation(**common, initial=InitialState(**init)))
+    modes = simulate(Simulation(**common, engine="modes", initial=InitialState(s=w**2, tau=wa / w)))  # lambda_d = 1
+    a = np.sort(matrix.s.values, -1)
+    b = np.sort(modes.s.values, -1)
     err = float(np.abs(a - b).max() / np.abs(b).max())
     return CheckResult("rule_worlds", "DirectPred rule: matrix flow (eigh of F-hat) == per-mode ODE with p = phi(s)", err, 1e-8,
                        err <= 1e-8, f"{R} runs, n2={n2}")
@@ -456,8 +461,6 @@ def run_checks(seed: int = 0, only: list[str] | None = None, progress: bool = Fa
     names = list(CHECKS) if not only else only
     for name in names:
         if name not in CHECKS:
-            from ._checks import ConfigError
-
             raise ConfigError("check", name, "unknown; choose from " + ", ".join(CHECKS))
     results = []
     for name in tqdm(names, desc="checks", disable=not progress, leave=False):
@@ -467,6 +470,6 @@ def run_checks(seed: int = 0, only: list[str] | None = None, progress: bool = Fa
         results.append(res)
     return results
 
-from .gsg_checks import GSG_CHECKS  # noqa: E402  GSG statements (docs/gsg_theory.md), registered here
+from ..gsg_checks import GSG_CHECKS  # noqa: E402  GSG statements (docs/gsg_theory.md), registered here
 
 CHECKS.update(GSG_CHECKS)
