@@ -39,16 +39,22 @@ def _same_results(a, b) -> bool:
     return a.equals(b) and set(a.data_vars) == set(b.data_vars)
 
 
-def test_explicit_matrices_reproduce_a_scipy_integration_of_eqs_2_to_4():
+@pytest.mark.parametrize("kind", ["general", "isotropic"])
+def test_explicit_matrices_reproduce_a_scipy_integration_of_eqs_2_to_4(kind):
+    """General moments (torch backend) and isotropic ones (the exact reduction on the numba backend,
+    whose span must include the rows of a given W_a(0) although init.wa is "zero")."""
     rng = np.random.default_rng(11)
     n1, n2, R = 5, 3, 2
     A = rng.standard_normal((n1, n1))
     X = A @ A.T / n1 + 0.1 * np.eye(n1)
     B = rng.standard_normal((n1, n1))
     Xp = 0.3 * B @ B.T / n1
+    data = DataSpec(kind="general", X=X, X_prime=Xp)  # numpy arrays accepted
+    if kind == "isotropic":
+        X, Xp = np.eye(n1), 0.3 * np.eye(n1)
+        data = DataSpec(sigma2=0.3)
     alpha_p, eta, eta_p, beta = 1.7, 0.03, 0.05, 0.4
-    model = LinearModel(n1=n1, n2=n2, method="byol", beta=beta, alpha_p=alpha_p, eta=eta, eta_p=eta_p,
-                        data=DataSpec(kind="general", X=X, X_prime=Xp))  # numpy arrays accepted
+    model = LinearModel(n1=n1, n2=n2, method="byol", beta=beta, alpha_p=alpha_p, eta=eta, eta_p=eta_p, data=data)
     W0 = rng.standard_normal((R, n2, n1)) / math.sqrt(n1)
     Wp0 = rng.standard_normal((R, n2, n2)) / math.sqrt(n2)
     Wa0 = rng.standard_normal((R, n2, n1)) / math.sqrt(n1)
@@ -56,6 +62,7 @@ def test_explicit_matrices_reproduce_a_scipy_integration_of_eqs_2_to_4():
     sim = Simulation(model=model, t_end=4.0, save_times=times, grid={"eta": [eta, eta]}, solver=TIGHT,
                      initial=InitialState(W=W0, Wp=Wp0, Wa=Wa0))
     ds = simulate(sim)
+    assert ds.attrs["backend"] == ("torch" if kind == "general" else "numba")
     assert list(ds.time.values) == [0.0, *times]
     for r in range(R):
         def rhs(t, y):
