@@ -7,6 +7,7 @@
 * :mod:`.numba_runs`     numba backend: one run per thread task (any built-in flow)
 * :mod:`.numba_lanes`    numba backend: SIMD lanes for many per-mode systems
 * :mod:`.numba_one_mode` numba backend: one mode per run, Dormand-Prince 5(4) (phase diagrams)
+* :mod:`.scheduling`     shares of a batch handed to threads dynamically (a busy core costs its share)
 * :mod:`.driver`         backend choice; flow + RunTable in, IntegrationResult out
 """
 

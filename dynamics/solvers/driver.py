@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import time as _time
 
-import numba as nb
 import numpy as np
 import torch
 
 from .._checks import ConfigError
-from .numba_lanes import LANES, solve_lanes
+from .numba_lanes import LANES, mode_lanes_solve
 from .numba_one_mode import one_mode_applies, solve_one_mode
 from .numba_rhs import SYSTEMS
-from .numba_runs import solve_runs
+from .numba_runs import solve_runs_share
+from .scheduling import n_shares, run_shares
 from .tableaux import tableau_arrays
 from .torch_rk import IntegrationResult, integrate
 
@@ -29,11 +29,15 @@ __all__ = ["integrate_flow", "solve_batch"]
 SAVED_STATE_BUDGET = 2**25
 
 
-def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_steps, blowup, work_size):
+def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_steps, blowup, work_size,
+                schedule: str | None = None):
     """Integrate every row of Y0 (R, n) with kernel rows PRM (R, P); returns states (R, S, n), stats
     (R, 4) and t_fail (R,).
 
     stats columns: status (0 ok, 1 blow-up, 2 step-size underflow, 3 max steps), nfev, steps, rejected.
+    Shares of runs go to numba's thread count of threads (``NUMBA_NUM_THREADS``,
+    ``numba.set_num_threads``) with ``schedule`` (default dynamic; see
+    :func:`.scheduling.run_shares`); neither changes a result.
     """
     Y0 = np.ascontiguousarray(Y0, dtype=np.float64)
     PRM = np.ascontiguousarray(PRM, dtype=np.float64)
@@ -50,14 +54,20 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
             E5, tab["s"], tab["dop853"], tab["exponent"], tab["order"], float(rtol), float(atol), int(max_steps),
             float(blowup))
     if one_mode_applies(system, cfg, tab, R):
-        solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out, stats, tfail)
-    elif system == "modes" and R >= 4 * LANES:
-        # many tiny systems: SIMD lanes; a few tasks per thread balance the load
-        n_tasks = max(1, min(R // LANES, 8 * nb.get_num_threads()))
-        solve_lanes(Y0, PRM, *args, out, stats, tfail, n_tasks)
+        solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out, stats, tfail, schedule)
+    elif system == "modes" and R >= 4 * LANES:  # many tiny systems: SIMD lanes, shares of lane packs
+
+        def share(first: int, stride: int) -> None:
+            mode_lanes_solve(Y0, PRM, *args, out, stats, tfail, first, stride)
+
+        run_shares(share, n_shares(R // LANES), schedule=schedule)
     else:
-        n_tasks = max(1, min(R, 4 * nb.get_num_threads()))
-        solve_runs(SYSTEMS[system], Y0, PRM, *args, int(work_size), out, stats, tfail, n_tasks)
+        sys_id, work_size = SYSTEMS[system], int(work_size)
+
+        def share(first: int, stride: int) -> None:
+            solve_runs_share(sys_id, Y0, PRM, *args, work_size, out, stats, tfail, first, stride)
+
+        run_shares(share, n_shares(R), schedule=schedule)
     return out, stats, tfail
 
 

@@ -31,7 +31,7 @@ def _lane_rms(a, scale, l):
 
 
 
-@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+@nb.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
                       rtol, atol, max_steps, blowup, out, stats, tfail, first, stride):
     """Integrate runs first, first + stride, ... of Y0 in LANES SIMD lanes."""
@@ -219,13 +219,3 @@ def mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expon
                     y[c, l] = 0.0
                 for q in range(P):
                     prm[q, l] = 1.0 if q >= LAM else 0.0
-
-
-
-@nb.njit(cache=True, parallel=True, error_model="numpy")
-def solve_lanes(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
-                      rtol, atol, max_steps, blowup, out, stats, tfail, n_tasks):
-    for task in nb.prange(n_tasks):  # strided shares, as in numba_runs.solve_runs
-        mode_lanes_solve(Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
-                          rtol, atol, max_steps, blowup, out, stats, tfail, np.int64(task), np.int64(n_tasks))
-

@@ -20,6 +20,7 @@ from ..runs import ALPHA_P, BETA, ETA, ETA_P, LAM
 from .control import MAX_FACTOR, MIN_FACTOR, lands, starting_step, step_factor_dp5, trial_step, underflow
 from .numba_rhs import _FM, one_mode_rhs
 from .numba_runs import finish_run
+from .scheduling import n_shares, run_shares
 
 ONE_LANES = 16
 # rows of the lane buffer: quantity q of lane l lives at buf[q * ONE_LANES + l]
@@ -103,7 +104,7 @@ def _one_lane_steps(buf, c, has_p, stop_grad, simsiam, n, rtol, atol, max_steps)
 
 
 
-@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+@nb.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, order, rtol, atol, max_steps, blowup, out,
                     stats, tfail, first, stride):
     """Runs first, first + stride, ... of a one-mode system, ONE_LANES at a time. slots[q] is the lane
@@ -194,15 +195,6 @@ def one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, order, 
 
 
 
-@nb.njit(cache=True, parallel=True, error_model="numpy")
-def one_mode_batch(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, order, rtol, atol, max_steps, blowup, out,
-                    stats, tfail, n_tasks):
-    for task in nb.prange(n_tasks):  # strided shares, as in numba_runs.solve_runs
-        one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, order, rtol, atol, max_steps, blowup,
-                        out, stats, tfail, np.int64(task), np.int64(n_tasks))
-
-
-
 def one_mode_applies(system: str, cfg, tableau, n_runs: int) -> bool:
     """Whether solve_batch takes the one-mode Dormand-Prince path."""
     return (system == "modes" and int(cfg[0]) == 1 and int(cfg[1]) <= 2 and not tableau["dop853"]
@@ -210,7 +202,7 @@ def one_mode_applies(system: str, cfg, tableau, n_runs: int) -> bool:
 
 
 
-def solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out, stats, tfail):
+def solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out, stats, tfail, schedule=None):
     has_p, stop_grad, simsiam = int(cfg[1]) <= 1, bool(cfg[2]), bool(cfg[3])
     slots = np.array(([_P] if has_p else []) + [_W] + ([] if simsiam else [_A]), dtype=np.int64)
     A, B, E = tab["A"], tab["B"], tab["E"]
@@ -218,8 +210,11 @@ def solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out
                   A[5, 0], A[5, 1], A[5, 2], A[5, 3], A[5, 4], B[0], B[2], B[3], B[4], B[5],
                   E[0], E[2], E[3], E[4], E[5], E[6]], dtype=np.float64)
     assert B[1] == 0.0 and E[1] == 0.0  # the Dormand-Prince structure the step code relies on
-    n_tasks = max(1, min(len(Y0) // ONE_LANES, 8 * nb.get_num_threads()))
-    one_mode_batch(Y0, PRM, slots, has_p, stop_grad, simsiam, np.asarray(t_save, dtype=np.float64), c,
-                    int(tab["order"]), float(rtol), float(atol), float(max_steps), float(blowup), out, stats, tfail,
-                    n_tasks)
+    t_save = np.asarray(t_save, dtype=np.float64)
+    rtol, atol, max_steps, blowup, order = float(rtol), float(atol), float(max_steps), float(blowup), int(tab["order"])
 
+    def share(first: int, stride: int) -> None:
+        one_mode_solve(Y0, PRM, slots, has_p, stop_grad, simsiam, t_save, c, order, rtol, atol, max_steps, blowup,
+                       out, stats, tfail, first, stride)
+
+    run_shares(share, n_shares(len(Y0) // ONE_LANES), schedule=schedule)

@@ -22,7 +22,7 @@ from ..runs import ALPHA_P, BETA, ETA, ETA_P, LAM, RULE_EPS, RULE_FLOOR, RULE_PO
 
 _FM = {"reassoc", "contract"}  # lets LLVM vectorise the dot products; results stay deterministic
 # error_model="numpy": IEEE division (inf/NaN, caught by the finiteness checks) instead of Python's
-# ZeroDivisionError, which numba cannot raise from inside a prange loop.
+# ZeroDivisionError: a blow-up is a status with its time (as in the torch loop), never an exception.
 
 SYSTEMS = {"matrix": 0, "modes": 1}
 

@@ -5,7 +5,7 @@ performance notes): a DOP853 step moves ~120 state-sized vectors through memory.
 integrated by one thread from start to end with its whole working set (13 stages of 3,072 doubles for
 the 64x32 flow) in L2 cache, its own adaptive step size, and the small matrix products handed to BLAS
 from inside numba (~25 GFLOP/s a core for 32 x 32, measured; a hand-vectorised loop reached ~18).
-Runs are spread over cores with ``prange``.
+Shares of runs are handed to threads dynamically (solvers.scheduling).
 
 The stepping logic is the torch loop's (solvers.torch_rk): same tableaux, error norms, the one step
 controller (solvers.control) and save-time clipping; tests check the backends agree.
@@ -167,24 +167,23 @@ def solve_run(system, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, expo
 
 
 
-@nb.njit(cache=True, parallel=True, error_model="numpy")
-def solve_runs(system, Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
-                 rtol, atol, max_steps, blowup, work_size, out, stats, tfail, n_tasks):
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def solve_runs_share(system, Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
+                     rtol, atol, max_steps, blowup, work_size, out, stats, tfail, first, stride):
+    """Integrate runs first, first + stride, ... of Y0 (one share; solvers.scheduling hands shares
+    to threads), each from start to end with its own working set."""
     R, n = Y0.shape
-    # task q takes runs q, q + n_tasks, ...: a sweep's grid order puts similar (similarly stiff) runs
-    # side by side, and contiguous shares per thread would leave one thread idle at the end
-    for q in nb.prange(n_tasks):
-        K = np.empty((s + 2, n))
-        y = np.empty(n)
-        ytmp = np.empty(n)
-        scale = np.empty(n)
-        e1 = np.empty(n)
-        e2 = np.empty(n)
-        work = np.empty(max(work_size, 1))
-        for r in range(np.int64(q), R, n_tasks):
-            solve_run(system, Y0[r], PRM[r], cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
-                       rtol, atol, max_steps, blowup, out[r], K, y, ytmp, scale, e1, e2, work, stats[r],
-                       tfail[r:r + 1])
+    K = np.empty((s + 2, n))
+    y = np.empty(n)
+    ytmp = np.empty(n)
+    scale = np.empty(n)
+    e1 = np.empty(n)
+    e2 = np.empty(n)
+    work = np.empty(max(work_size, 1))
+    for r in range(first, R, stride):
+        solve_run(system, Y0[r], PRM[r], cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
+                   rtol, atol, max_steps, blowup, out[r], K, y, ytmp, scale, e1, e2, work, stats[r],
+                   tfail[r:r + 1])
 
 
 
