@@ -355,7 +355,7 @@ def simulation_documents(draw, *, engines=("matrix", "modes", "symmetrized", "sa
     doc["simulate"] = sim
     if draw(st.booleans()):
         method = draw(st.sampled_from(("dop853", "dopri5", "rk4")))
-        doc["solver"] = {"method": method, "rtol": draw(st.floats(1e-12, 1e-3)), "atol": draw(st.floats(0, 1e-6))}
+        doc["solver"] = {"method": method, "rtol": draw(st.floats(1e-12, 1e-3)), "atol": draw(st.floats(0, 1e-6, exclude_min=True))}
         if method == "rk4":
             doc["solver"]["dt"] = draw(_unit(1e-3, 0.1))
     if engine == "modes":
