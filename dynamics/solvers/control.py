@@ -23,7 +23,7 @@ import math
 import numba as nb
 import torch
 
-__all__ = ["LANDING", "MAX_FACTOR", "MIN_FACTOR", "MIN_STEP", "SAFETY", "accept_factor", "reject_factor",
+__all__ = ["FIXED_STEP_SLACK", "LANDING", "MAX_FACTOR", "MIN_FACTOR", "MIN_STEP", "SAFETY", "accept_factor", "reject_factor",
            "starting_step", "step_factor_dp5", "trial_step"]
 
 SAFETY = 0.9  #: the controller aims at err = SAFETY^(1/exponent) < 1, so that most steps pass
@@ -34,8 +34,17 @@ LANDING = 1e-12  #: a step of at least (1 - LANDING) * gap lands exactly on the 
 # Hairer's starting step (scipy's select_initial_step): norms below TINY_NORM count as zero,
 # the trial step is TRIAL_FRACTION of ||y|| / ||f||, the final one at most GROWTH_LIMIT trial steps
 TINY_NORM, TINY_STEP, TRIAL_FRACTION, FLAT, FLAT_FRACTION, GROWTH_LIMIT = 1e-5, 1e-6, 0.01, 1e-15, 1e-3, 100.0
+#: rk4 (fixed step): a gap between save times takes ceil(gap / dt - FIXED_STEP_SLACK) equal steps, so
+#: that a gap that is a whole number of dt up to round-off does not take one step more
+FIXED_STEP_SLACK = 1e-9
 
 _FM = {"reassoc", "contract"}
+
+
+@nb.njit(inline="always", fastmath=_FM, error_model="numpy")
+def fixed_steps(gap, dt):
+    """rk4's number of equal steps over a gap between save times (at least one)."""
+    return max(1, math.ceil(gap / dt - FIXED_STEP_SLACK))
 
 
 @nb.njit(inline="always", fastmath=_FM, error_model="numpy")

@@ -18,7 +18,7 @@ from .._checks import ConfigError
 from .numba_lanes import LANES, mode_lanes_solve
 from .numba_one_mode import one_mode_applies, solve_one_mode
 from .numba_rhs import SYSTEMS
-from .numba_runs import solve_runs_share
+from .numba_runs import solve_runs_rk4_share, solve_runs_share
 from .scheduling import n_shares, run_shares
 from .tableaux import tableau_arrays
 from .torch_rk import IntegrationResult, integrate
@@ -30,9 +30,10 @@ SAVED_STATE_BUDGET = 2**25
 
 
 def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_steps, blowup, work_size,
-                schedule: str | None = None):
+                schedule: str | None = None, dt: float | None = None):
     """Integrate every row of Y0 (R, n) with kernel rows PRM (R, P); returns states (R, S, n), stats
-    (R, 4) and t_fail (R,).
+    (R, 4) and t_fail (R,). ``tableau`` (tableaux.tableau_arrays) for an adaptive method, or None for
+    fixed-step rk4 with step ``dt`` (then rtol and atol are unused).
 
     stats columns: status (0 ok, 1 blow-up, 2 step-size underflow, 3 max steps), nfev, steps, rejected.
     Shares of runs go to numba's thread count of threads (``NUMBA_NUM_THREADS``,
@@ -46,6 +47,16 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
     out = np.empty((R, S, n))
     stats = np.zeros((R, 4), dtype=np.int64)
     tfail = np.full(R, np.nan)
+    if tableau is None:  # rk4: one run at a time per share, as numba_runs integrates the adaptive pairs
+        sys_id, work_size, c, ts = SYSTEMS[system], int(work_size), np.asarray(cfg, dtype=np.int64), np.asarray(
+            t_save, dtype=np.float64)
+
+        def share(first: int, stride: int) -> None:
+            solve_runs_rk4_share(sys_id, Y0, PRM, c, ts, float(dt), int(max_steps), float(blowup), work_size, out,
+                                 stats, tfail, first, stride)
+
+        run_shares(share, n_shares(R), schedule=schedule)
+        return out, stats, tfail
     tab = tableau
     E = tab["E"] if tab["E"] is not None else np.zeros(tab["s"] + 1)
     E3 = tab["E3"] if tab["E3"] is not None else np.zeros(tab["s"] + 1)
@@ -76,10 +87,11 @@ def integrate_flow(flow, table, sim, t_save: np.ndarray, progress) -> tuple[Inte
     for the runs of ``table`` with ``sim``'s solver and backend; returns the result and the backend."""
     solver = sim.solver
     numba_sys = flow.numba_system() if hasattr(flow, "numba_system") else None
-    use_numba = numba_sys is not None and solver.method != "rk4" and sim.backend != "torch"
+    # rk4 runs on numba when asked for; "auto" keeps it on the torch loop, whose results it has always had
+    use_numba = numba_sys is not None and sim.backend != "torch" and (solver.method != "rk4" or sim.backend == "numba")
     if sim.backend == "numba" and not use_numba:
-        raise ConfigError("backend", "numba", "does not apply here (needs the CPU, an adaptive method and a "
-                          "built-in flow: isotropic matrix flow or per-mode system, no user rule)")
+        raise ConfigError("backend", "numba", "does not apply here (needs the CPU and a built-in flow: "
+                          "isotropic matrix flow or per-mode system, no user rule)")
     if not use_numba:
         res = integrate(flow.rhs, flow.y0, t_save, solver, params=flow.params, observe=flow.observe,
                         progress="integrating" if progress else False)
@@ -96,7 +108,7 @@ def _integrate_numba(flow, numba_sys, table, sim, t_save: np.ndarray, progress) 
     Y0 = flow.y0.numpy()
     R, n = Y0.shape
     S = len(t_save)
-    tab = tableau_arrays(solver.method)
+    tab = None if solver.method == "rk4" else tableau_arrays(solver.method)
     block = int(max(1, min(R, SAVED_STATE_BUDGET // max(1, S * n))))
     values: dict[str, torch.Tensor] = {}
     stats = np.zeros((R, 4), dtype=np.int64)
@@ -107,7 +119,7 @@ def _integrate_numba(flow, numba_sys, table, sim, t_save: np.ndarray, progress) 
         for lo in range(0, R, block):
             hi = min(R, lo + block)
             out, st, tf = solve_batch(name, Y0[lo:hi], prm[lo:hi], cfg, t_save, tab, solver.rtol, solver.atol,
-                                      solver.max_steps, solver.blowup, work)
+                                      solver.max_steps, solver.blowup, work, dt=solver.dt)
             stats[lo:hi], t_fail[lo:hi] = st, tf
             if S <= hi - lo:  # observe one save time at a time: no per-row copies of the parameters
                 sub = {k: v[lo:hi] for k, v in flow.params.items()}

@@ -18,7 +18,7 @@ import math
 import numba as nb
 import numpy as np
 
-from .control import accept_factor, lands, reject_factor, starting_step, trial_step, underflow
+from .control import accept_factor, fixed_steps, lands, reject_factor, starting_step, trial_step, underflow
 from .numba_rhs import _FM, rhs
 
 
@@ -184,6 +184,85 @@ def solve_runs_share(system, Y0, PRM, cfg, t_save, A, B, Cc, E, E3, E5, s, dop85
         solve_run(system, Y0[r], PRM[r], cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
                    rtol, atol, max_steps, blowup, out[r], K, y, ytmp, scale, e1, e2, work, stats[r],
                    tfail[r:r + 1])
+
+
+
+@nb.njit(cache=True, fastmath=_FM, error_model="numpy")
+def solve_run_rk4(system, y0, prm, cfg, t_save, dt, max_steps, blowup, out, K, y, ytmp, work, stats, tfail):
+    """Classical RK4 with fixed steps, as the torch loop takes them: each gap between save times in
+    control.fixed_steps equal steps; max_steps binds; a blow-up stops the run at the step's end."""
+    n = y0.size
+    S = t_save.size
+    ymax = 1.0
+    for j in range(n):
+        y[j] = y0[j]
+        out[0, j] = y0[j]
+        ymax = max(ymax, abs(y0[j]))
+    limit = blowup * ymax
+    taken = 0
+    status = 0
+    t_stop = math.nan
+    pos = 1
+    while pos < S:
+        t0 = t_save[pos - 1]
+        n_sub = fixed_steps(t_save[pos] - t0, dt)
+        h = (t_save[pos] - t0) / n_sub
+        n_do = min(n_sub, max_steps - taken)
+        for q in range(n_do):
+            t = t0 + q * h
+            rhs(system, t, y, prm, cfg, K[0], work)
+            for j in range(n):
+                ytmp[j] = y[j] + (h / 2) * K[0, j]
+            rhs(system, t + h / 2, ytmp, prm, cfg, K[1], work)
+            for j in range(n):
+                ytmp[j] = y[j] + (h / 2) * K[1, j]
+            rhs(system, t + h / 2, ytmp, prm, cfg, K[2], work)
+            for j in range(n):
+                ytmp[j] = y[j] + h * K[2, j]
+            rhs(system, t + h, ytmp, prm, cfg, K[3], work)
+            big = 0.0
+            finite = True
+            for j in range(n):
+                y[j] = y[j] + (h / 6) * (K[0, j] + 2 * K[1, j] + 2 * K[2, j] + K[3, j])
+                big = max(big, abs(y[j]))
+                if not math.isfinite(y[j]):
+                    finite = False
+            taken += 1
+            if not finite or big > limit:
+                status = 1
+                t_stop = t + h
+                break
+        if status == 0 and n_do < n_sub:
+            status = 3
+            t_stop = t0 + n_do * h
+        if status != 0:
+            break
+        for j in range(n):
+            out[pos, j] = y[j]
+        pos += 1
+    for q in range(pos, S):
+        for j in range(n):
+            out[q, j] = math.nan
+    stats[0] = status
+    stats[1] = 4 * taken
+    stats[2] = taken
+    stats[3] = 0
+    tfail[0] = t_stop
+
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def solve_runs_rk4_share(system, Y0, PRM, cfg, t_save, dt, max_steps, blowup, work_size, out, stats, tfail, first,
+                         stride):
+    """Runs first, first + stride, ... of Y0 with fixed-step RK4 (one share, as solve_runs_share)."""
+    R, n = Y0.shape
+    K = np.empty((4, n))
+    y = np.empty(n)
+    ytmp = np.empty(n)
+    work = np.empty(max(work_size, 1))
+    for r in range(first, R, stride):
+        solve_run_rk4(system, Y0[r], PRM[r], cfg, t_save, dt, max_steps, blowup, out[r], K, y, ytmp, work, stats[r],
+                      tfail[r:r + 1])
 
 
 

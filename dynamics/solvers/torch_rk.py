@@ -25,7 +25,7 @@ import scipy.integrate
 import torch
 
 from .._checks import check, check_choice, check_range
-from .control import lands_t, next_step_t, starting_step_t, underflow_span_t
+from .control import fixed_steps, lands_t, next_step_t, starting_step_t, underflow_span_t
 from .tableaux import METHODS, tableau
 
 __all__ = ["IntegrationResult", "STATUS", "STATUS_NAMES", "Solver", "integrate", "integrate_scipy"]
@@ -244,7 +244,7 @@ def _run_rk4(rhs, y0, t_save, solver, params, rec, bar, chunk, scale0, counters)
         taken = 0  # steps so far; the runs of a chunk step in lockstep
         for i in range(1, t_save.numel()):
             t0, t1 = float(t_save[i - 1]), float(t_save[i])
-            n_sub = max(1, math.ceil((t1 - t0) / solver.dt - 1e-9))
+            n_sub = fixed_steps.py_func(t1 - t0, solver.dt)
             h = (t1 - t0) / n_sub
             if taken + n_sub > solver.max_steps:  # max_steps binds rk4 as it binds the adaptive methods
                 n_do = solver.max_steps - taken
