@@ -4,7 +4,7 @@
 * :mod:`.control`        the adaptive step controller and Hairer's starting step, named constants
 * :mod:`.torch_rk`       the batched torch loop: ``integrate``, ``Solver``, ``IntegrationResult``
 * :mod:`.numba_rhs`      the built-in flows' right-hand sides for the numba backends
-* :mod:`.numba_runs`     numba backend: one run per thread task (any built-in flow)
+* :mod:`.numba_runs`     numba backend: one run at a time per share (any built-in flow; also rk4)
 * :mod:`.numba_lanes`    numba backend: SIMD lanes for many per-mode systems
 * :mod:`.numba_one_mode` numba backend: one mode per run, Dormand-Prince 5(4) (phase diagrams)
 * :mod:`.scheduling`     shares of a batch handed to threads dynamically (a busy core costs its share)

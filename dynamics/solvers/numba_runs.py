@@ -1,4 +1,4 @@
-"""numba backend 1: one run per thread task, any built-in flow (numba_rhs), any adaptive tableau.
+"""numba backend 1: one run at a time per share, any built-in flow (numba_rhs), any adaptive tableau or rk4.
 
 On two CPU cores a batched torch step is bound by memory traffic and per-op overhead (design.md,
 performance notes): a DOP853 step moves ~120 state-sized vectors through memory. Here each run is
