@@ -425,12 +425,16 @@ def two_process(tmp_path_factory):
     """Runs ddp_worker.py in two gloo processes (all scenarios in one launch) and, meanwhile, the one-process
     references: MoCo v2 with bn_splits = 2 per process against 4 groups in one process, SimCLR with
     per-process BN against 2 groups (the interleaved shards make them the same BatchNorm groups)."""
+    return _run_two_process(tmp_path_factory.mktemp("two_process"))
+
+
+def _run_two_process(out: Path, precision: str = "fp64"):
+    """The fixture's work, in ``precision`` for the moco and simclr scenarios: (out, refs, logs)."""
     from stopgrad.ssl_models import config_to_toml, synthetic_data
 
-    out = tmp_path_factory.mktemp("two_process")
     configs = {
-        "moco": (_ddp_config("mocov2", 2, queue_size=128), 4),
-        "simclr": (_ddp_config("simclr", 1, temperature=0.5), 2),
+        "moco": (_ddp_config("mocov2", 2, precision, queue_size=128), 4),
+        "simclr": (_ddp_config("simclr", 1, precision, temperature=0.5), 2),
         "shuffle": (_ddp_config("mocov2", 1, queue_size=16), 2),
         "nan": (replace(_ddp_config("simsiam", 1), train=TrainSpec(epochs=1, batch_size=32, progress=False,
                                                                   checkpoint_every=0, log_every=4)), 2),
@@ -685,3 +689,18 @@ def test_resume_restores_fhat_targets_queue_and_generators(name, cifar_small, ma
             assert torch.equal(v, b[k]), k
     if name == "directpred":
         assert torch.equal(a["_extra_state"]["fhat"]["F"], b["_extra_state"]["fhat"]["F"])
+
+
+if __name__ == "__main__":  # the two paths' rounding gap on this CPU, float32 against float64
+    import tempfile
+
+    for precision in ("fp32", "fp64"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out, refs, logs = _run_two_process(Path(tmp), precision)
+            for name in ("moco", "simclr"):
+                _scenario_ok(out, name, logs)
+                one, _, amplification = refs[name]
+                gap = _max_diff(torch.load(out / f"{name}.pt", weights_only=True), one, _trained_keys(one))
+                bound = _roundoff_bound(amplification, 6, 32 * 32 * 32)  # meaningful in fp64 only
+                print(f"{name:7s} {precision}: max |2-process - 1-process| = {gap:.3g}"
+                      + (f"  (A = {amplification:.3g}, fp64 bound {bound:.3g})" if precision == "fp64" else ""))
