@@ -23,13 +23,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from stopgrad.analysis import build_dataset, write_netcdf
+from stopgrad.analysis import write_netcdf
 from stopgrad.dynamics import SiameseData, SiameseSimulation, SiameseSpec, simulate_siamese
-from stopgrad.dynamics.gsg_checks import paired_worlds
+from stopgrad.dynamics.gsg_checks import FLOW_METRICS as METRICS, flow_dataset, paired_worlds
 
 RESULTS = Path(__file__).parent / "results" / "gsg_experiments.json"
 Z95 = 1.96
-METRICS = ("neg_dist", "neg_dist_min", "uniformity", "std_l2", "effective_rank", "align_loss")
 
 
 def ci(x) -> dict:
@@ -53,11 +52,7 @@ def worlds(out: Path, n_seeds: int = 16) -> dict:
         tag = "pred" if pred else "nopred"
         write_netcdf(ds, out / f"worlds-{tag}-sampled.nc")
         flow_vars = {m: np.stack([flows[meth].values[m].numpy() for meth in methods]) for m in METRICS}
-        fds = build_dataset({k: v.reshape(-1, v.shape[-1]) for k, v in flow_vars.items() if k != "neg_dist_min"},
-                            time=t, time_units="flow", source="theory", method="gsg-flow", config=json.dumps(kw, default=str),
-                            run_coords={"method": np.repeat(methods, n_seeds), "seed": np.tile(np.arange(n_seeds), 3)},
-                            extra_vars={"neg_dist_min": (("run", "time"), flow_vars["neg_dist_min"].reshape(-1, len(t)))})
-        write_netcdf(fds, out / f"worlds-{tag}-flow.nc")
+        write_netcdf(flow_dataset(flows, np.arange(n_seeds), t, {**kw, "predictor": pred}), out / f"worlds-{tag}-flow.nc")
         part = {"t_end": float(t[-1])}
         for i, meth in enumerate(methods):
             sel = ds.isel(run=slice(i * n_seeds, (i + 1) * n_seeds))

@@ -20,6 +20,7 @@ Each returns a theorems.CheckResult with its residual and tolerance:
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -33,7 +34,7 @@ from .gsg_symbolic import min_of_two_gaussians, scalar_gradient
 from .siamese import (EvalSet, SiameseData, SiameseSimulation, SiameseSpec, init_params, make_dataset,
                       negative_distances, simulate_siamese)
 
-__all__ = ["GSG_CHECKS", "expected_gd_path", "paired_worlds"]
+__all__ = ["FLOW_METRICS", "GSG_CHECKS", "expected_gd_path", "flow_dataset", "paired_worlds"]
 
 f64 = torch.float64
 SLOPE_TOL = 0.15  # as sampled_vs_ode: the fitted exponent's spread with 16 seeds is about 0.05
@@ -66,6 +67,28 @@ def paired_worlds(methods, seeds, *, data: SiameseData, n2: int, predictor: bool
         flows[method] = integrate_gsg_flow(data, p0["W"], Wp0, t, method=method, predictor=predictor, eta=eta,
                                            alpha_p=alpha_p, batch=batch, evalset=ev, solver=solver)
     return ds, final, flows, t
+
+
+#: the measurements the expected flow records on the EvalSet (as the sampled simulator, minus knn_acc/subspace)
+FLOW_METRICS = ("neg_dist", "neg_dist_min", "uniformity", "std_l2", "effective_rank", "align_loss")
+
+
+def flow_dataset(flows: dict, seeds, t, config: dict):
+    """The expected-flow side of :func:`paired_worlds` as a contract Dataset (source "theory", time in
+    flow units, runs = methods x seeds with ``method`` and ``seed`` run coords, like the sampled side).
+
+    flows: {method: IntegrationResult} from paired_worlds; t: flow times (S,); config: the settings (kept
+    as JSON in ``attrs['config']``; include ``predictor`` so the figure gallery groups the worlds)."""
+    from stopgrad.analysis import build_dataset
+
+    methods = list(flows)
+    seeds = np.asarray(seeds)
+    vals = {m: np.stack([flows[meth].values[m].numpy() for meth in methods]).reshape(-1, len(t)) for m in FLOW_METRICS}
+    return build_dataset({k: v for k, v in vals.items() if k != "neg_dist_min"}, time=np.asarray(t, dtype=float),
+                         time_units="flow", source="theory", method="gsg-flow", config=json.dumps(config, default=str),
+                         run_coords={"method": np.repeat(methods, len(seeds)), "seed": np.tile(seeds, len(methods))},
+                         extra_vars={"neg_dist_min": (("run", "time"), vals["neg_dist_min"])},
+                         attrs={"predictor": int(bool(config.get("predictor", True)))})
 
 
 def expected_gd_path(data: SiameseData, W0, Wp0, *, method, predictor, lr, steps, batch, eta=0.0, alpha_p=1.0):
