@@ -1,6 +1,8 @@
-"""GSG vs SimSiam without a predictor on the real small convnet (issue 12, Build 5): collapse and neg_dist.
+"""GSG vs SimSiam vs reverse GSG without a predictor on the real small convnet (issue 12, Build 5): collapse
+and neg_dist.
 
-Runs ``configs/convnet-simsiam-nopred.toml`` and ``configs/convnet-simsiam-gsg-nopred.toml`` over seeds
+Runs ``configs/convnet-simsiam-nopred.toml``, ``configs/convnet-simsiam-gsg-nopred.toml`` and
+``configs/convnet-simsiam-gsg-reverse-nopred.toml`` (``method.reverse = true``) over seeds
 (``--set train.seed=N``) with the given overrides, then summarises each run's probe record
 (``metrics.nc``): std of the l2-normalised outputs, effective rank, uniformity and the mean negative-pair
 distance ``neg_dist`` (GSG's own for GSG; for SimSiam the same statistic, partner i + B/2, from the probe),
@@ -9,7 +11,7 @@ t-interval over seeds; differences are paired over seeds (both methods start fro
 seed).
 
     OMP_NUM_THREADS=1 STOPGRAD_DATA=/work/shared/data .venv/bin/python benchmarks/gsg_convnet.py \\
-        run summary figure --seeds 0 1 2 --out out/conv --set train.epochs=2 --set eval.knn_every=0 \
+        run summary figure --seeds 0 1 2 3 4 --out out/conv --set train.epochs=2 --set eval.knn_every=0 \
         --set eval.knn_at_start=false
 
 The summary goes to benchmarks/results/gsg_convnet_seeds.json and is printed as markdown rows; the figure
@@ -34,7 +36,11 @@ from stopgrad.analysis import open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "gsg_convnet_seeds.json"
-METHODS = {"simsiam": "configs/convnet-simsiam-nopred.toml", "simsiam-gsg": "configs/convnet-simsiam-gsg-nopred.toml"}
+METHODS = {"simsiam": "configs/convnet-simsiam-nopred.toml", "simsiam-gsg": "configs/convnet-simsiam-gsg-nopred.toml",
+           "simsiam-gsg-reverse": "configs/convnet-simsiam-gsg-reverse-nopred.toml"}
+#: paired differences at the start and the end: (name, minuend, subtrahend)
+PAIRED = (("gsg_minus_simsiam", "simsiam-gsg", "simsiam"), ("reverse_minus_gsg", "simsiam-gsg-reverse", "simsiam-gsg"),
+          ("reverse_minus_simsiam", "simsiam-gsg-reverse", "simsiam"))
 METRICS = ("std_l2", "effective_rank", "uniformity", "neg_dist")
 CONFIDENCE = 0.95
 
@@ -48,11 +54,12 @@ def t_ci(x) -> dict:
     return {"mean": float(x.mean()), "ci95": half, "n": int(n), "values": x.tolist()}
 
 
-def run(out: Path, seeds: list[int], sets: list[str]) -> dict:
+def run(out: Path, seeds: list[int], sets: list[str], methods) -> dict:
     exe = Path(sys.executable).parent / "stopgrad"
     seconds = {}
-    for s in seeds:
-        for m, cfg in METHODS.items():
+    for m in methods:
+        cfg = METHODS[m]
+        for s in seeds:
             d = out / f"{m}-s{s}"
             if (d / "metrics.nc").is_file():
                 continue
@@ -88,9 +95,9 @@ def summary(out: Path, seeds: list[int], sets: list[str]) -> dict:
             res["setting"]["projector_dim"] = int(ds.sizes["mode"])
         per[m] = vals
         res["methods"][m] = {var: {"start": t_ci(v[0]), "end": t_ci(v[1])} for var, v in vals.items()}
-    g, s_ = per["simsiam-gsg"], per["simsiam"]
-    res["paired"]["gsg_minus_simsiam_end"] = {var: t_ci(np.subtract(g[var][1], s_[var][1])) for var in METRICS}
-    res["paired"]["gsg_minus_simsiam_start"] = {var: t_ci(np.subtract(g[var][0], s_[var][0])) for var in METRICS}
+    for name, a, b in PAIRED:
+        for i, when in enumerate(("start", "end")):
+            res["paired"][f"{name}_{when}"] = {var: t_ci(np.subtract(per[a][var][i], per[b][var][i])) for var in METRICS}
     return res
 
 
@@ -100,9 +107,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("out/conv"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                    help="which methods to run (in this order); summary and figure use all of them")
     args = ap.parse_args()
     if "run" in args.parts:
-        print("seconds per run:", run(args.out, args.seeds, args.sets))
+        print("seconds per run:", run(args.out, args.seeds, args.sets, args.methods))
     if "summary" in args.parts:
         res = summary(args.out, args.seeds, args.sets)
         RESULTS.write_text(json.dumps(res, indent=1) + "\n")
@@ -111,8 +120,9 @@ def main() -> None:
             for var, c in r.items():
                 print(f"| {m} | {var} | {c['start']['mean']:.4f} ± {c['start']['ci95']:.4f} | "
                       f"{c['end']['mean']:.4f} ± {c['end']['ci95']:.4f} |")
-        for var, c in res["paired"]["gsg_minus_simsiam_end"].items():
-            print(f"| gsg − simsiam (end, paired) | {var} | | {c['mean']:.4f} ± {c['ci95']:.4f} |")
+        for name, _, _ in PAIRED:
+            for var, c in res["paired"][f"{name}_end"].items():
+                print(f"| {name} (end, paired) | {var} | | {c['mean']:.4f} ± {c['ci95']:.4f} |")
     if "figure" in args.parts:
         from stopgrad.figures import gsg_real_network_over_time, save_figure
 

@@ -4,6 +4,7 @@ Parts (each writes its Datasets to --out and its numbers to benchmarks/results/g
   worlds   expected flow vs sampled simulator (l2 loss, linear, predictor): SimSiam, GSG, reverse GSG
   nopred   no predictor: collapse verdicts (sampled, cosine loss, linear and two-layer; flow, l2 loss)
   batch    batch-size sweep of SimSiam, GSG, SimCLR, MoCo (kNN accuracy on the clusters)
+  batch_mlp  the same for SimCLR and MoCo with the two-layer ReLU encoder, B = 8 and 512
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gsg_experiments.py worlds nopred batch --out out/gsg
 
@@ -23,13 +24,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from stopgrad.analysis import build_dataset, write_netcdf
+from stopgrad.analysis import write_netcdf
 from stopgrad.dynamics import SiameseData, SiameseSimulation, SiameseSpec, simulate_siamese
-from stopgrad.dynamics.gsg_checks import paired_worlds
+from stopgrad.dynamics.gsg_checks import FLOW_METRICS as METRICS, flow_dataset, paired_worlds
 
 RESULTS = Path(__file__).parent / "results" / "gsg_experiments.json"
 Z95 = 1.96
-METRICS = ("neg_dist", "neg_dist_min", "uniformity", "std_l2", "effective_rank", "align_loss")
 
 
 def ci(x) -> dict:
@@ -53,11 +53,7 @@ def worlds(out: Path, n_seeds: int = 16) -> dict:
         tag = "pred" if pred else "nopred"
         write_netcdf(ds, out / f"worlds-{tag}-sampled.nc")
         flow_vars = {m: np.stack([flows[meth].values[m].numpy() for meth in methods]) for m in METRICS}
-        fds = build_dataset({k: v.reshape(-1, v.shape[-1]) for k, v in flow_vars.items() if k != "neg_dist_min"},
-                            time=t, time_units="flow", source="theory", method="gsg-flow", config=json.dumps(kw, default=str),
-                            run_coords={"method": np.repeat(methods, n_seeds), "seed": np.tile(np.arange(n_seeds), 3)},
-                            extra_vars={"neg_dist_min": (("run", "time"), flow_vars["neg_dist_min"].reshape(-1, len(t)))})
-        write_netcdf(fds, out / f"worlds-{tag}-flow.nc")
+        write_netcdf(flow_dataset(flows, np.arange(n_seeds), t, {**kw, "predictor": pred}), out / f"worlds-{tag}-flow.nc")
         part = {"t_end": float(t[-1])}
         for i, meth in enumerate(methods):
             sel = ds.isel(run=slice(i * n_seeds, (i + 1) * n_seeds))
@@ -109,16 +105,17 @@ def nopred_long(out: Path) -> dict:
     return nopred(out, steps=4000, encoders=("mlp",), methods=("simsiam", "gsg", "gsg-reverse"), name="nopred_long")
 
 
-def batch(out: Path, n_seeds: int = 4) -> dict:
-    batches = [8, 32, 128, 512]
+def batch(out: Path, n_seeds: int = 4, encoder: str = "linear", methods=("simsiam", "gsg", "simclr", "moco"),
+          batches=(8, 32, 128, 512), name: str = "batch") -> dict:
+    batches = list(batches)
     sim = SiameseSimulation(steps=600, n_save=7, data=SiameseData(n1=16, n_points=512, n_clusters=8, cluster_sep=2.0,
                                                                     cluster_std=0.7, aug_std=0.7),
-                            train=SiameseSpec(n2=8, loss="cosine", lr=0.05, temperature=0.5, queue=512),
-                            grid={"method": ["simsiam", "gsg", "simclr", "moco"], "batch": batches, "seed": list(range(n_seeds))})
+                            train=SiameseSpec(n2=8, encoder=encoder, loss="cosine", lr=0.05, temperature=0.5, queue=512),
+                            grid={"method": list(methods), "batch": batches, "seed": list(range(n_seeds))})
     ds = simulate_siamese(sim)
-    write_netcdf(ds, out / "batch-sampled.nc")
-    res = {"batches": batches}
-    for meth in ("simsiam", "gsg", "simclr", "moco"):
+    write_netcdf(ds, out / f"{name}-sampled.nc")
+    res = {"batches": batches, "encoder": encoder}
+    for meth in methods:
         rows = {}
         for B in batches:
             sel = ds.where((ds["method"] == meth) & (ds["batch"] == B), drop=True)
@@ -126,13 +123,18 @@ def batch(out: Path, n_seeds: int = 4) -> dict:
             rows[str(B)]["knn_acc_init"] = ci(sel["knn_acc"].values[:, 0])
         rows["loss_512_to_8_knn"] = rows["512"]["knn_acc"]["mean"] - rows["8"]["knn_acc"]["mean"]
         res[meth] = rows
-        print(f"[batch] {meth:8s} " + "  ".join(f"B={B}: {fmt(rows[str(B)]['knn_acc'])}" for B in batches), flush=True)
+        print(f"[{name}] {meth:8s} " + "  ".join(f"B={B}: {fmt(rows[str(B)]['knn_acc'])}" for B in batches), flush=True)
     return res
+
+
+def batch_mlp(out: Path) -> dict:
+    """The contrastive baselines with the two-layer ReLU encoder (hidden 32), B = 8 and 512."""
+    return batch(out, encoder="mlp", methods=("simclr", "moco"), batches=(8, 512), name="batch_mlp")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("parts", nargs="+", choices=["worlds", "nopred", "nopred_long", "batch"])
+    ap.add_argument("parts", nargs="+", choices=["worlds", "nopred", "nopred_long", "batch", "batch_mlp"])
     ap.add_argument("--out", default="out/gsg", help="folder for the netCDF files (not committed)")
     args = ap.parse_args()
     torch.set_num_threads(1)

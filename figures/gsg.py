@@ -19,7 +19,7 @@ Z95 = 1.96
 # Cornish-Fisher expansion in 1/df around the normal quantile (relative error < 1e-4 there)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-METHOD_COLORS = {"simsiam": "C0", "simsiam-gsg": "C3", "simsiam-random": "C4", "gsg": "C3", "gsg-reverse": "C2", "simclr": "C1", "moco": "C5"}
+METHOD_COLORS = {"simsiam": "C0", "simsiam-gsg": "C3", "simsiam-gsg-reverse": "C2", "simsiam-random": "C4", "gsg": "C3", "gsg-reverse": "C2", "simclr": "C1", "moco": "C5"}
 
 
 def _time(ds: xr.Dataset) -> np.ndarray:

@@ -53,6 +53,8 @@ METHODS = ("simsiam", "byol", "simsiam-gsg", "byol-gsg", "simclr", "mocov2")
 PREDICTIVE = ("simsiam", "byol", "simsiam-gsg", "byol-gsg")
 #: methods with a momentum (EMA) target encoder.
 MOMENTUM = ("byol", "byol-gsg", "mocov2")
+#: guided stop-gradient methods (four views; ``reverse`` applies to them only).
+GSG_METHODS = ("simsiam-gsg", "byol-gsg")
 ARCHS = ("resnet18", "resnet34", "resnet50", "convnet")
 STEMS = ("cifar", "imagenet")
 MAX_DIM = 65536  # a head wider than this is a typo, not an experiment
@@ -108,6 +110,8 @@ class MethodConfig:
     statistics are per group: several processes and/or ``train.bn_splits > 1``).
     loss_scale: the loss is multiplied by this before the backward pass (the reported loss is not), e.g.
     4 for luckmatters' DirectPred loss sum_views -2 cos against the -(cos + cos)/2 used here.
+    reverse: GSG only (simsiam-gsg, byol-gsg): the *farthest* negative pair gets the predictor (argmax of
+    the four distances) instead of the closest (argmin); the ablation "reverse GSG" of docs/gsg_theory.md.
 
     momentum, momentum_final, momentum_schedule and temperature left unset take the method's own
     defaults (``METHOD_DEFAULTS``: simclr T 0.5; mocov2 T 0.2, m 0.99 constant; byol m 0.99 -> 1 cosine;
@@ -125,9 +129,13 @@ class MethodConfig:
     symmetric: bool = True
     shuffle_bn: bool = True
     loss_scale: float = 1.0
+    reverse: bool = False
 
     def __post_init__(self):
         check_choice("name", self.name, METHODS)
+        check("reverse", self.reverse, isinstance(self.reverse, bool), "must be true or false")
+        check("reverse", self.reverse, not self.reverse or self.name in GSG_METHODS,
+              f"reverse GSG needs method name {' or '.join(GSG_METHODS)} (got {self.name!r})")
         defaults = {**_OTHER, **METHOD_DEFAULTS.get(self.name, {})}
         for key, value in defaults.items():
             if getattr(self, key) is None:

@@ -32,7 +32,7 @@ from .byol import MomentumMixin
 from .config import TrainConfig
 from .precision import at_least_fp32
 
-__all__ = ["GSG", "gsg_distances", "gsg_loss", "half_shift_partner", "mean_negative_distance"]
+__all__ = ["GSG", "gsg_choice", "gsg_distances", "gsg_loss", "half_shift_partner", "mean_negative_distance"]
 
 
 @torch.no_grad()
@@ -66,6 +66,12 @@ def mean_negative_distance(z1: torch.Tensor, z2: torch.Tensor, partner: torch.Te
     return gsg_distances(z1, z2, z1[partner], z2[partner]).mean()
 
 
+def gsg_choice(d: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """(N,) int64 column of ``gsg_distances`` whose pair gets the predictor: the closest pair (argmin, GSG)
+    or, with ``reverse``, the farthest pair (argmax, reverse GSG)."""
+    return d.argmax(dim=1) if reverse else d.argmin(dim=1)
+
+
 def gsg_loss(p11, p12, p21, p22, z11, z12, z21, z22, choice: torch.Tensor) -> torch.Tensor:
     """Mean over samples of the candidate loss picked by ``choice`` (N,) in 0..3 (column of gsg_distances).
 
@@ -90,7 +96,8 @@ def gsg_loss(p11, p12, p21, p22, z11, z12, z21, z22, choice: torch.Tensor) -> to
 
 class GSG(MomentumMixin, SSLMethod):
     """GSG on SimSiam (``method.name = 'simsiam-gsg'``) or BYOL (``'byol-gsg'``: targets and distances
-    from the momentum encoder, m fixed at 0.99 in the official code)."""
+    from the momentum encoder, m fixed at 0.99 in the official code). ``method.reverse = true``: reverse
+    GSG, the farthest negative pair gets the predictor (not in the official code; an ablation)."""
 
     n_views = 4
 
@@ -98,6 +105,7 @@ class GSG(MomentumMixin, SSLMethod):
         super().__init__(cfg)
         self.online = build_online(cfg)
         self.byol = cfg.method.name == "byol-gsg"
+        self.reverse = cfg.method.reverse
         if self.byol:
             self._init_target()
         self.last_choice: torch.Tensor | None = None
@@ -124,7 +132,7 @@ class GSG(MomentumMixin, SSLMethod):
         else:
             t11, t12, t21, t22 = (self._stop(z) for z in (z11, z12, z21, z22))
         d = gsg_distances(t11.detach(), t12.detach(), t21.detach(), t22.detach())
-        choice = d.argmin(dim=1)
+        choice = gsg_choice(d, self.reverse)
         self.last_choice = choice
         loss = gsg_loss(p11, p12, p21, p22, t11, t12, t21, t22, choice)
         self.observe(z11, z12)

@@ -80,6 +80,11 @@ def _summary(ds) -> str:
 
 
 def _plan(sim, out) -> str:
+    grid = " x ".join(f"{k}[{len(v)}]" for k, v in sim.grid.items())
+    if sim.engine == "siamese":
+        t = sim.train
+        return (f"stopgrad: {len(sim.runs())} run(s){' over ' + grid if grid else ''}: {t.method} {t.encoder} "
+                f"{sim.data.n1}x{t.n2}, engine siamese, {sim.steps} steps, {sim.n_save} saves -> {out}")
     m = sim.model
     grid = " x ".join(f"{k}[{len(v)}]" for k, v in sim.grid.items())
     return (f"stopgrad: {sim.n_runs} run(s){' over ' + grid if grid else ''}: {m.method} {m.n1}x{m.n2}, "
@@ -92,7 +97,7 @@ def _run(args, require_grid: bool) -> int:
     from stopgrad.analysis import write_netcdf
     from stopgrad.dynamics import SiameseSimulation, simulate, simulate_siamese
 
-    from .guards import check_fits, check_output, check_steps, simulation_memory
+    from .guards import check_fits, check_output, check_steps, siamese_memory, simulation_memory
 
     sim = _load_simulation(args.config)
     if isinstance(sim, SiameseSimulation):
@@ -100,9 +105,11 @@ def _run(args, require_grid: bool) -> int:
     if require_grid and not sim.grid:
         raise ConfigError("grid", "{}", "a sweep needs a [grid] table with at least one swept parameter")
     check_output(args.out, inputs=[args.config])
-    need, detail = simulation_memory(sim)
-    check_fits(need, detail, "grid" if sim.grid else "model", f"{sim.n_runs} run(s)")
-    check_steps(sim)
+    siamese = isinstance(sim, SiameseSimulation)
+    need, detail = siamese_memory(sim) if siamese else simulation_memory(sim)
+    check_fits(need, detail, "grid" if sim.grid else "model", f"{len(sim.runs()) if siamese else sim.n_runs} run(s)")
+    if not siamese:  # the step estimate is the flow's; the siamese engine takes a given number of SGD steps
+        check_steps(sim)
     print(_plan(sim, args.out), file=sys.stderr, flush=True)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     with warnings.catch_warnings(record=True) as caught:

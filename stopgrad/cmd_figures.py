@@ -61,7 +61,9 @@ def register(sub) -> None:
                     "and draw every figure their variables allow: predicted vs measured trajectories "
                     "(comparison), (p, s) phase portraits and the phase line (s, p with sigma2, eta, alpha_p), "
                     "measured phase diagrams (collapsed_measured), alignment and commutator, predictor "
-                    "symmetry, collapse metrics, and predictor rules. Files are named after the inputs.")
+                    "symmetry, collapse metrics, predictor rules, and the GSG figures (negative-pair distance over time "
+                    "across the expected flow and sampled sweeps, no-predictor runs, quality vs batch, and real-network "
+                    "runs with neg_dist). Files are named after the inputs.")
     p.add_argument("inputs", nargs="+", metavar="IN", help="contract Dataset files (.nc)")
     p.add_argument("--out", required=True, help="output folder for the figures")
     p.set_defaults(func=cmd_figures)

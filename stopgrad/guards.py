@@ -165,6 +165,20 @@ def check_fits(need: int, detail: str, key: str, value) -> None:
                                       f"{format_bytes(avail)} is available")
 
 
+def siamese_memory(sim) -> tuple[int, str]:
+    """A lower bound on the memory (bytes) :func:`stopgrad.dynamics.simulate_siamese` needs for ``sim``:
+    the saved trajectories (about 12 scalars per save and run, float64) and the largest group's evaluation
+    distances (eval_size^2 per run, the uniformity's pairwise matrix). Returns (bytes, a short breakdown)."""
+    runs = sim.runs()
+    R, S, E = len(runs), sim.n_save, sim.eval_size
+    groups: dict = {}
+    for r in runs:
+        key = tuple(str(r[k]) for k in ("method", "batch", "encoder", "predictor", "loss", "queue"))
+        groups[key] = groups.get(key, 0) + 1
+    parts = {"saved trajectories": R * S * 12 * FLOAT64, "eval distances": max(groups.values()) * E * E * FLOAT64}
+    return sum(parts.values()), ", ".join(f"{k} {format_bytes(v)}" for k, v in parts.items())
+
+
 def simulation_memory(sim) -> tuple[int, str]:
     """A lower bound on the memory (bytes) :func:`stopgrad.dynamics.simulate` needs for ``sim``.
 

@@ -178,9 +178,9 @@ def test_runs_are_batched_not_looped_and_reproducible():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gsg_flow_vs_sampled", "contrastive_pca"])
+@pytest.mark.parametrize("name", ["gsg_flow_vs_sampled", "contrastive_pca", "contrastive_pca_moco"])
 def test_slow_gsg_checks_pass(name):
-    """The two sampled checks (1/sqrt(batch) convergence to the expected update; linear SimCLR ~ PCA)."""
+    """The sampled checks (1/sqrt(batch) convergence to the expected update; linear SimCLR and MoCo ~ PCA)."""
     from stopgrad.dynamics import theorems as th
 
     res = th.run_checks(seed=1, only=[name])[0]

@@ -235,6 +235,8 @@ def test_method_defaults_are_per_method():
     assert MethodConfig(name="byol").loss_scale == 1.0
     with pytest.raises(ConfigError, match="loss_scale = 0"):
         MethodConfig(loss_scale=0)
+    assert not MethodConfig(name="simsiam-gsg").reverse  # GSG (closest pair) unless asked for
+    assert MethodConfig(name="byol-gsg", reverse=True).reverse
 
 
 def test_bn_splits_must_divide_each_process_batch(monkeypatch):
@@ -463,6 +465,8 @@ def test_removed_fuse_views_key(tmp_path):
         ({"train": {"batch_size": 64, "bn_splits": 48}}, "train.bn_splits = 48"),
         ({"optim": {"lr": -1}}, "optim.lr = -1"),
         ({"train": {"epochz": 3}}, "train.epochz = 3: unknown key"),
+        ({"method": {"name": "simsiam", "reverse": True}}, "method.reverse = True: reverse GSG needs method name"),
+        ({"method": {"name": "simsiam-gsg", "reverse": "yes"}}, "method.reverse = 'yes'"),
     ],
 )
 def test_bad_configs_name_the_key(table, rule, tmp_path):

@@ -20,6 +20,7 @@ from stopgrad.ssl_models import (
     SimSiam,
     Trainer,
     cosine_momentum,
+    gsg_choice,
     gsg_distances,
     gsg_loss,
     half_shift_partner,
@@ -98,8 +99,9 @@ def test_mocov2_instance_discrimination_loss_goes_down(make_config, cifar_small)
 
 
 # ----------------------------------------------------------------------------------------------- GSG
-def _brute_force_gsg(p, z):
-    """Loop over samples and the four negative pairs, in plain Python floats."""
+def _brute_force_gsg(p, z, reverse=False):
+    """Loop over samples and the four negative pairs, in plain Python floats (``reverse``: the farthest
+    pair gets the predictor)."""
     n = z[0].shape[0]
     pairs = [(0, 2), (0, 3), (1, 2), (1, 3)]  # (z11,z21), (z11,z22), (z12,z21), (z12,z22)
     choices, losses = [], []
@@ -113,7 +115,7 @@ def _brute_force_gsg(p, z):
         dists = []
         for a, b in pairs:
             dists.append(math.sqrt(sum((x - y) ** 2 for x, y in zip(z[a][i].tolist(), z[b][i].tolist()))))
-        c = min(range(4), key=lambda k: (dists[k], k))
+        c = max(range(4), key=lambda k: (dists[k], -k)) if reverse else min(range(4), key=lambda k: (dists[k], k))
         a, b = pairs[c]
         sib = {0: 1, 1: 0, 2: 3, 3: 2}
         # the closest pair's views are the sources (get the predictor), their siblings the targets
@@ -135,10 +137,24 @@ def test_gsg_selection_and_loss_match_brute_force():
     assert math.isclose(float(got), loss, rel_tol=1e-6, abs_tol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["simsiam-gsg", "byol-gsg"])
-def test_gsg_method_forward_matches_brute_force(name, make_config, cifar_small):
-    """The whole GSG forward: partner permutation, projections, selection and loss, against a loop."""
-    cfg = make_config(name)
+def test_reverse_gsg_choice_is_the_argmax_where_gsgs_is_the_argmin():
+    g = torch.Generator().manual_seed(1)
+    z = [torch.randn(40, 6, generator=g, dtype=torch.float64) for _ in range(4)]
+    p = [torch.randn(40, 6, generator=g, dtype=torch.float64) for _ in range(4)]
+    dist = gsg_distances(*z)
+    near, far = gsg_choice(dist), gsg_choice(dist, reverse=True)
+    assert torch.equal(near, dist.argmin(1)) and torch.equal(far, dist.argmax(1))
+    assert (dist.gather(1, far[:, None]) > dist.gather(1, near[:, None])).all()  # no ties in random data
+    choices, loss = _brute_force_gsg(p, z, reverse=True)
+    assert far.tolist() == choices
+    assert math.isclose(float(gsg_loss(*p, *z, far)), loss, rel_tol=1e-6, abs_tol=1e-7)
+
+
+@pytest.mark.parametrize("name, reverse", [("simsiam-gsg", False), ("byol-gsg", False), ("simsiam-gsg", True)])
+def test_gsg_method_forward_matches_brute_force(name, reverse, make_config, cifar_small):
+    """The whole GSG forward: partner permutation, projections, selection and loss, against a loop
+    (``reverse``: reverse GSG, the farthest pair)."""
+    cfg = make_config(name, method=MethodConfig(name=name, reverse=True)) if reverse else make_config(name)
     torch.manual_seed(0)
     method = GSG(cfg).eval()  # eval-mode BN: samples do not interact, so gradients are per sample
     if method.byol:  # give the momentum encoder different weights than the online one
@@ -156,8 +172,10 @@ def test_gsg_method_forward_matches_brute_force(name, make_config, cifar_small):
         zs = [method.online(x)[0] for x in xs]
         ps = [method.online(x)[1] for x in xs]
         targets = [method.target(x) for x in xs] if method.byol else zs
-    choices, loss = _brute_force_gsg([t.double() for t in ps], [t.double() for t in targets])
+    choices, loss = _brute_force_gsg([t.double() for t in ps], [t.double() for t in targets], reverse)
     assert method.last_choice.tolist() == choices
+    pick = gsg_distances(*targets).argmax(1) if reverse else gsg_distances(*targets).argmin(1)
+    assert method.last_choice.tolist() == pick.tolist()
     assert math.isclose(float(out["loss"].detach()), loss, rel_tol=1e-5, abs_tol=1e-6)
     assert math.isclose(float(out["neg_dist"]), float(gsg_distances(*targets).mean()), rel_tol=1e-5)
     # stop-gradient: a view of sample i receives gradient iff it is a source of i's selected pair
