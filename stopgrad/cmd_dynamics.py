@@ -189,6 +189,7 @@ def register(sub) -> None:
                        description="Run the numerical checks of Theorems 1-3, the per-mode reduction, fixed points, "
                                    "thresholds, sympy derivations and sampled-vs-ODE agreement.")
     p.add_argument("--seed", type=int, default=0, help="seed of the random configurations (default 0)")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these checks")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="run only these checks (also the slow ones the default run leaves out: contrastive_pca_moco)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_check)

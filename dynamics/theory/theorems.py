@@ -34,7 +34,7 @@ from ..solvers import Solver
 from ..specs import ModeInit, SampledSpec, Simulation
 from . import closed_forms as cf
 
-__all__ = ["CHECKS", "CheckResult", "run_checks", "theorem1_simulation", "theorem2_simulation"]
+__all__ = ["CHECKS", "SLOW_CHECKS", "CheckResult", "run_checks", "theorem1_simulation", "theorem2_simulation"]
 
 TIGHT = Solver(method="dop853", rtol=1e-12, atol=1e-14)
 f64 = torch.float64
@@ -455,10 +455,11 @@ CHECKS = {
 
 
 def run_checks(seed: int = 0, only: list[str] | None = None, progress: bool = False) -> list[CheckResult]:
-    """Run the checks (all, or those named in ``only``) and return their results in table order."""
+    """Run the checks (all but :data:`SLOW_CHECKS`, or those named in ``only``) and return their results
+    in table order."""
     from tqdm.auto import tqdm
 
-    names = list(CHECKS) if not only else only
+    names = [n for n in CHECKS if n not in SLOW_CHECKS] if not only else only
     for name in names:
         if name not in CHECKS:
             raise ConfigError("check", name, "unknown; choose from " + ", ".join(CHECKS))
@@ -470,6 +471,9 @@ def run_checks(seed: int = 0, only: list[str] | None = None, progress: bool = Fa
         results.append(res)
     return results
 
-from ..gsg_checks import GSG_CHECKS  # noqa: E402  GSG statements (docs/gsg_theory.md), registered here
+from ..gsg_checks import GSG_CHECKS, GSG_SLOW_CHECKS  # noqa: E402  GSG statements (docs/gsg_theory.md)
 
 CHECKS.update(GSG_CHECKS)
+#: checks that take minutes on 2 cores: left out of the default run (``stopgrad check``, the demo);
+#: ``stopgrad check --only NAME`` runs one, and the slow tests run them all
+SLOW_CHECKS = frozenset(GSG_SLOW_CHECKS)

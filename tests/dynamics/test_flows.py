@@ -116,6 +116,18 @@ def test_every_check_passes(name):
     assert res.passed, (res.name, res.residual, res.tolerance, res.detail)
 
 
+def test_slow_checks_are_named_checks_left_out_of_the_default_run(monkeypatch):
+    assert th.SLOW_CHECKS and th.SLOW_CHECKS <= set(th.CHECKS)
+    ran = []
+    for name in th.CHECKS:  # record the names instead of running minutes of checks
+        monkeypatch.setitem(th.CHECKS, name, lambda seed, _n=name: ran.append(_n) or th.CheckResult(_n, "", 0.0, 1.0, True))
+    th.run_checks()
+    assert ran == [n for n in th.CHECKS if n not in th.SLOW_CHECKS]
+    ran.clear()
+    th.run_checks(only=sorted(th.SLOW_CHECKS))
+    assert ran == sorted(th.SLOW_CHECKS)
+
+
 def test_mode_reduction_check_detects_a_non_aligned_start():
     """The matrix-vs-mode comparison is not vacuous: a random (non-SVD) start breaks the agreement."""
     rng = np.random.default_rng(3)
