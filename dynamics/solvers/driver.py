@@ -29,11 +29,16 @@ __all__ = ["integrate_flow", "solve_batch"]
 SAVED_STATE_BUDGET = 2**25
 
 
-def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_steps, blowup, work_size):
+def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_steps, blowup, work_size,
+                n_sweep: int | None = None):
     """Integrate every row of Y0 (R, n) with kernel rows PRM (R, P); returns states (R, S, n), stats
     (R, 4) and t_fail (R,).
 
     stats columns: status (0 ok, 1 blow-up, 2 step-size underflow, 3 max steps), nfev, steps, rejected.
+    n_sweep: the run count of the whole sweep these rows belong to (default R). It picks the kernel, so
+    that every block and every chunk of one sweep takes the same kernel, whatever its own size: the
+    kernels agree to the tolerance, not to the bit, and a run's result must not depend on how the
+    sweep was cut.
     """
     Y0 = np.ascontiguousarray(Y0, dtype=np.float64)
     PRM = np.ascontiguousarray(PRM, dtype=np.float64)
@@ -49,9 +54,10 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
     args = (np.asarray(cfg, dtype=np.int64), np.asarray(t_save, dtype=np.float64), tab["A"], tab["B"], tab["C"], E, E3,
             E5, tab["s"], tab["dop853"], tab["exponent"], tab["order"], float(rtol), float(atol), int(max_steps),
             float(blowup))
-    if one_mode_applies(system, cfg, tab, R):
+    n_choice = R if n_sweep is None else int(n_sweep)
+    if one_mode_applies(system, cfg, tab, n_choice):
         solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out, stats, tfail)
-    elif system == "modes" and R >= 4 * LANES:
+    elif system == "modes" and n_choice >= 4 * LANES:
         # many tiny systems: SIMD lanes; a few tasks per thread balance the load
         n_tasks = max(1, min(R // LANES, 8 * nb.get_num_threads()))
         solve_lanes(Y0, PRM, *args, out, stats, tfail, n_tasks)
@@ -97,7 +103,7 @@ def _integrate_numba(flow, numba_sys, table, sim, t_save: np.ndarray, progress) 
         for lo in range(0, R, block):
             hi = min(R, lo + block)
             out, st, tf = solve_batch(name, Y0[lo:hi], prm[lo:hi], cfg, t_save, tab, solver.rtol, solver.atol,
-                                      solver.max_steps, solver.blowup, work)
+                                      solver.max_steps, solver.blowup, work, n_sweep=table.n_sweep)
             stats[lo:hi], t_fail[lo:hi] = st, tf
             if S <= hi - lo:  # observe one save time at a time: no per-row copies of the parameters
                 sub = {k: v[lo:hi] for k, v in flow.params.items()}
