@@ -164,7 +164,7 @@ def plan_chunks(sim: Simulation, out: str | os.PathLike, chunk_runs: int | None 
     folder = chunk_folder(out)
     digest = config_digest(sim)
     manifest = _read_manifest(folder)
-    if manifest is None:
+    if manifest is None or not any(folder.glob("chunk-*.nc")):  # nothing written yet: start afresh
         return ChunkPlan(sim.n_runs, chunk_runs or default_chunk_runs(sim), folder, digest)
     if manifest.get("config_sha256") != digest or manifest.get("n_runs") != sim.n_runs:
         raise ConfigError("--out", str(out), f"{folder} holds the chunks of another config (sha256 "
@@ -402,11 +402,10 @@ def sweep_distributed(sim: Simulation, out: str | os.PathLike, scheduler="local"
         for stale in plan.folder.glob(".chunk-*.tmp"):  # a killed writer's temporary file; never a chunk
             stale.unlink(missing_ok=True)
         manifest = plan.folder / MANIFEST
-        if not manifest.exists():
-            with atomic_path(manifest) as tmp:
-                tmp.write_text(json.dumps(plan.manifest(), indent=1))
         with _connect(scheduler, n_workers) as (client, where):
             workers = sum(client.nthreads().values())
+            with atomic_path(manifest) as tmp:  # written once connected: a folder that holds it holds work
+                tmp.write_text(json.dumps(plan.manifest(), indent=1))
             summaries, run_seconds = _run_chunks(client, sim, plan, progress)
         start = _time.perf_counter()
         attrs, summary = _gather(plan, summaries, where)

@@ -80,6 +80,13 @@ def test_refusals_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="chunk_runs = 0: must lie in"):
         plan_chunks(matrix_sim(), out, chunk_runs=0)
     assert not chunk_folder(out).exists()
+    # a manifest without any chunk (a sweep that never got to work) does not hold the folder
+    chunk_folder(out).mkdir()
+    (chunk_folder(out) / "manifest.json").write_text(json.dumps({"format": 1, "config_sha256": "0" * 64,
+                                                                  "n_runs": 7, "chunk_runs": 3, "n_chunks": 3}))
+    assert plan_chunks(matrix_sim(), out, chunk_runs=5).chunk_runs == 5
+    chunk_folder(out).joinpath("manifest.json").unlink()
+    chunk_folder(out).rmdir()
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if the extra were not installed
     with pytest.raises(ConfigError, match=r"pip install 'stopgrad\[distributed\]'"):
         require_distributed()
