@@ -1,6 +1,7 @@
 """Gradient-flow dynamics of linear BYOL/SimSiam (Tian, Chen & Ganguli 2021) and their checks.
 
-Entry points: :func:`simulate` / :func:`sweep` on a :class:`Simulation`. The theory tools are the
+Entry points: :func:`simulate` / :func:`sweep` on a :class:`Simulation`; :func:`sweep_distributed`
+runs a sweep in chunks on a dask.distributed cluster (the optional extra ``stopgrad[distributed]``). The theory tools are the
 modules :mod:`closed_forms`, :mod:`symbolic` and :mod:`theorems` (``from stopgrad.dynamics import
 closed_forms``), living in the ``theory`` subpackage; the solvers in ``solvers``.
 """
@@ -32,6 +33,7 @@ from .predictor_rules import make_rule as make_rule
 from .predictor_rules import matrix_rule as matrix_rule
 from .predictor_rules import spectral_rule as spectral_rule
 from .results import collapse_verdicts as collapse_verdicts
+from .results import saved_bytes_per_run as saved_bytes_per_run
 from .runs import RunTable as RunTable
 from .sampled import autograd_gradients as autograd_gradients
 from .sampled import moment_gradients as moment_gradients
@@ -60,6 +62,12 @@ from .siamese import simulate_siamese as simulate_siamese
 from .siamese import four_view_loss as four_view_loss
 from .siamese import init_params as init_params
 from .siamese import negative_distances as negative_distances
+from .distributed import ChunkPlan as ChunkPlan
+from .distributed import SweepReport as SweepReport
+from .distributed import chunk_folder as chunk_folder
+from .distributed import plan_chunks as plan_chunks
+from .distributed import require_distributed as require_distributed
+from .distributed import sweep_distributed as sweep_distributed
 from .gsg_flow import SELECTION_SIGN as SELECTION_SIGN
 from .gsg_flow import GSGFlow as GSGFlow
 from .gsg_flow import expected_gradients as expected_gradients

@@ -18,7 +18,8 @@ __all__ = ["build_flow", "initial_state", "mode_lambdas"]
 
 
 def initial_state(sim: Simulation, table: RunTable) -> dict[str, np.ndarray]:
-    """The state each run starts from, per engine, as float64 arrays with a leading run axis R.
+    """The state each run of ``table`` starts from, per engine, as float64 arrays with a leading run axis R
+    (a chunk of a sweep gets the rows of the whole sweep's state).
 
     matrix / sampled: W (R, n2, n1), Wp (R, n2, n2), Wa (R, n2, n1), from :func:`draw_initial_matrices`
     with the given fields of ``sim.initial`` replacing the draw (W_a = W for ``init.wa = "copy"``).
@@ -31,6 +32,8 @@ def initial_state(sim: Simulation, table: RunTable) -> dict[str, np.ndarray]:
     init = sim.initial or InitialState()
     given = init.given()
     shape = lambda name: STATE_FIELDS[sim.engine][name](m.n1, m.n2)  # noqa: E731
+    # a per-run field of the whole sweep, cut to this table's rows (the table may be a chunk of it)
+    per_run = lambda name, shp: init.per_run(name, table.n_sweep, shp, table.rows)  # noqa: E731
     if sim.engine in ("matrix", "sampled"):
         if all(k in given for k in ("W", "Wp", "Wa")):
             out = {}
@@ -38,7 +41,7 @@ def initial_state(sim: Simulation, table: RunTable) -> dict[str, np.ndarray]:
             out = draw_initial_matrices(m, table["seed"], table["w_scale"], table["wp_scale"])
         for name in ("W", "Wp", "Wa"):
             if name in given:
-                out[name] = init.per_run(name, R, shape(name))
+                out[name] = per_run(name, shape(name))
         if "W" in given and "Wa" not in given and m.init.wa == "copy":
             out["Wa"] = out["W"].copy()
         return out
@@ -51,7 +54,7 @@ def initial_state(sim: Simulation, table: RunTable) -> dict[str, np.ndarray]:
             out = {"F": (W0 @ W0.mT).numpy(), "Wp": drawn["Wp"]}
         for name in ("F", "Wp"):
             if name in given:
-                out[name] = init.per_run(name, R, shape(name))
+                out[name] = per_run(name, shape(name))
         return out
     # modes: lambda per run (sigma2 may be swept) and initial values per run and mode
     k = m.n2
@@ -62,16 +65,16 @@ def initial_state(sim: Simulation, table: RunTable) -> dict[str, np.ndarray]:
             return np.repeat(table[key][:, None], k, axis=1)
         return np.broadcast_to(np.asarray(value, dtype=float), (R, k)).copy()
 
-    p0 = init.per_run("p", R, (k,)) if "p" in given else per_mode("p0", sim.modes.p0)
+    p0 = per_run("p", (k,)) if "p" in given else per_mode("p0", sim.modes.p0)
     if "s" in given:
-        s0 = init.per_run("s", R, (k,))
+        s0 = per_run("s", (k,))
     elif sim.modes.on_parabola:  # w^2 = p^2 / alpha_p, i.e. c = 0 in Theorem 1's invariant
         s0 = lam_d * p0**2 / table["alpha_p"][:, None]
         check("modes.p0", "0", bool(np.all(s0 > 0)), "must be non-zero when on_parabola = true")
     else:
         s0 = per_mode("s0", sim.modes.s0)
     if "tau" in given:
-        tau0 = init.per_run("tau", R, (k,))
+        tau0 = per_run("tau", (k,))
     elif sim.modes.tau0 is not None:
         tau0 = per_mode("tau0", sim.modes.tau0)
     else:

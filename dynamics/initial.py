@@ -185,18 +185,19 @@ class InitialState:
               f"holds no initial state (variables {', '.join(map(stored_name, cls.names()))})")
         return cls(**arrays, source=source)
 
-    def per_run(self, name: str, n_runs: int, shape: tuple[int, ...]) -> np.ndarray | None:
+    def per_run(self, name: str, n_runs: int, shape: tuple[int, ...], rows: slice | None = None) -> np.ndarray | None:
         """Field ``name`` broadcast to (n_runs, *shape) float64 (a fresh array), or None if unset.
 
         A field of ``shape`` (or a scalar, for the per-mode fields) is shared by all runs; one of
-        (n_runs, *shape) gives each run its own."""
+        (n_runs, *shape) gives each run its own. ``rows`` keeps only those runs (a chunk of a sweep of
+        n_runs runs); only they are copied."""
         value = getattr(self, name)
         if value is None:
             return None
         arr = value.array
-        if arr.shape == (n_runs, *shape):
-            return arr.copy()
-        return np.broadcast_to(arr, (n_runs, *shape)).copy()
+        if arr.shape != (n_runs, *shape):
+            arr = np.broadcast_to(arr, (n_runs, *shape))
+        return (arr if rows is None else arr[rows]).copy()
 
     def leading_runs(self, engine: str, n1: int, n2: int) -> int | None:
         """The run count R of the fields given with a leading run axis, or None if all are shared."""

@@ -16,7 +16,7 @@ from .runs import RunTable
 from .solvers import STATUS_NAMES, IntegrationResult
 from .specs import Simulation
 
-__all__ = ["collapse_verdicts", "config_json", "to_dataset"]
+__all__ = ["collapse_verdicts", "config_json", "saved_bytes_per_run", "to_dataset"]
 
 
 def collapse_verdicts(s: np.ndarray, status: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +34,12 @@ def collapse_verdicts(s: np.ndarray, status: np.ndarray, tol: float) -> tuple[np
     n_alive[failed] = -1
     return names[code], n_alive
 
+
+
+def saved_bytes_per_run(sim: Simulation) -> int:
+    """Bytes of one run's saved trajectories in the result (float64): s, p, alignment, tau per mode and
+    about 8 scalars per save time. The part of a result that grows with the runs and the saves."""
+    return len(sim.times()) * (4 * sim.model.n2 + 8) * 8
 
 
 def config_json(sim: Simulation) -> str:
@@ -87,6 +93,8 @@ def to_dataset(sim: Simulation, table: RunTable, res: IntegrationResult, backend
             "rtol": sim.solver.rtol, "atol": sim.solver.atol, "wall_seconds": res.wall, **(attrs or {}),
         },
     )
+    if table.offset:  # a chunk of a sweep: its runs keep their index in the whole sweep
+        ds = ds.assign_coords(run=np.arange(table.offset, table.offset + table.n_runs))
     if "balance" in ds and not theorem1.all():
         ds["balance"].attrs["note"] = ("NaN for runs without stop-gradient or with eta_p != eta: Theorem 1's "
                                        "invariant does not hold there, so its residual measures nothing")

@@ -51,15 +51,28 @@ class RunTable:
         swept: the names that vary along ``run`` by the config (the Dataset's run coordinates).
     """
 
-    def __init__(self, columns: dict[str, np.ndarray], swept: tuple[str, ...] = ()):
+    def __init__(self, columns: dict[str, np.ndarray], swept: tuple[str, ...] = (), offset: int = 0,
+                 n_sweep: int | None = None):
         self.columns = dict(columns)
         self.swept = tuple(swept)
         self.n_runs = len(next(iter(self.columns.values())))
+        #: the first run of this table in its sweep, and the sweep's run count (a chunk of a sweep is
+        #: rows offset .. offset + n_runs of a sweep of n_sweep runs; a whole sweep has 0, n_runs)
+        self.offset = int(offset)
+        self.n_sweep = self.n_runs if n_sweep is None else int(n_sweep)
+
+    @property
+    def rows(self) -> slice:
+        """This table's rows in its sweep's run axis."""
+        return slice(self.offset, self.offset + self.n_runs)
 
     @classmethod
-    def from_simulation(cls, sim) -> RunTable:
+    def from_simulation(cls, sim, rows: tuple[int, int] | None = None) -> RunTable:
         """The table of ``sim``: its scalar settings, with ``grid`` (Cartesian product, last key
-        fastest) or ``runs`` (zipped lists) varying along ``run``."""
+        fastest) or ``runs`` (zipped lists) varying along ``run``.
+
+        rows: ``(lo, hi)`` builds only runs lo .. hi - 1 of the sweep (a chunk), with the values those
+        runs have in the whole table, without building the whole table."""
         m = sim.model
         base = {
             "eta": m.eta,
@@ -76,17 +89,21 @@ class RunTable:
         keys = list(sim.grid)
         # integer columns (seed, batch) stay int64 end to end: through a float, seeds 2**53 and 2**53 + 1 coincide
         axes = [np.asarray(sim.grid[k], dtype=_dtype(k)) for k in keys]
-        R = int(np.prod([len(a) for a in axes])) if keys else sim.n_runs
-        table = {k: np.full(R, v, dtype=_dtype(k)) for k, v in base.items()}
-        # the Cartesian product in itertools.product order (last key fastest), without a Python loop
-        for key, col in zip(keys, np.meshgrid(*axes, indexing="ij") if keys else []):
-            table[key] = col.reshape(-1)
+        n_sweep = sim.n_runs
+        lo, hi = (0, n_sweep) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= lo < hi <= n_sweep:
+            raise ValueError(f"rows {lo}..{hi} are not a non-empty range of the sweep's {n_sweep} runs")
+        table = {k: np.full(hi - lo, v, dtype=_dtype(k)) for k, v in base.items()}
+        if keys:  # the Cartesian product in itertools.product order (last key fastest), without a Python loop
+            index = np.unravel_index(np.arange(lo, hi), [len(a) for a in axes])
+            for key, axis, i in zip(keys, axes, index):
+                table[key] = axis[i]
         for key, values in sim.runs.items():  # zipped per-run values
-            table[key] = np.asarray(values, dtype=_dtype(key)).copy()
+            table[key] = np.asarray(values, dtype=_dtype(key))[lo:hi].copy()
         swept = tuple(keys) + tuple(sim.runs)
         if "eta" in swept and "eta_p" not in swept and m.eta_p is None:
             table["eta_p"] = table["eta"].copy()  # eta_p defaults to eta, run by run
-        return cls(table, swept)
+        return cls(table, swept, offset=lo, n_sweep=n_sweep)
 
     def __len__(self) -> int:
         return self.n_runs

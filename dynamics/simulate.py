@@ -29,7 +29,14 @@ def simulate(sim: Simulation, progress: bool = False) -> xr.Dataset:
     """
     if sim.engine == "sampled":
         return simulate_sampled(sim, progress=progress)
-    table = RunTable.from_simulation(sim)
+    return simulate_table(sim, RunTable.from_simulation(sim), progress)
+
+
+def simulate_table(sim: Simulation, table: RunTable, progress: bool = False) -> xr.Dataset:
+    """:func:`simulate` for the runs of ``table``: the whole sweep, or a chunk of it
+    (``RunTable.from_simulation(sim, rows=(lo, hi))``), whose Dataset holds runs lo .. hi - 1 with the
+    values, run index and kernel they have in the whole sweep (not the sampled engine: its runs share
+    one sample stream)."""
     init = initial_state(sim, table)
     flow = build_flow(sim, table, init, sim.solver.torch_device())
     res, backend = integrate_flow(flow, table, sim, sim.times(), progress)

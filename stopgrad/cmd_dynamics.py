@@ -104,6 +104,8 @@ def _run(args, require_grid: bool) -> int:
         simulate = simulate_siamese  # noqa: F811  the four-view Siamese / contrastive simulator
     if require_grid and not sim.grid:
         raise ConfigError("grid", "{}", "a sweep needs a [grid] table with at least one swept parameter")
+    if getattr(args, "scheduler", None) is not None:
+        return _run_distributed(args, sim)
     check_output(args.out, inputs=[args.config])
     siamese = isinstance(sim, SiameseSimulation)
     need, detail = siamese_memory(sim) if siamese else simulation_memory(sim)
@@ -117,6 +119,56 @@ def _run(args, require_grid: bool) -> int:
         ds = simulate(sim, progress=progress)
     out = write_netcdf(ds, args.out)
     print(f"wrote {out}: {_summary(ds)}")
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return 0
+
+
+#: the Python API's argument names -> the CLI's options, for the one-line errors
+_OPTIONS = {"scheduler": "--scheduler", "chunk_runs": "--chunk-runs"}
+
+
+def _run_distributed(args, sim) -> int:
+    """``sweep --scheduler``: the grid in chunks on a dask.distributed cluster (stopgrad.dynamics.distributed)."""
+    import os
+    import warnings
+
+    from stopgrad.dynamics import SiameseSimulation, chunk_folder, plan_chunks, require_distributed, sweep_distributed
+
+    from .guards import check_fits, check_output, check_steps, format_bytes, simulation_memory
+
+    try:
+        if isinstance(sim, SiameseSimulation):
+            raise ConfigError("simulate.engine", "siamese", "is not chunked: run it without --scheduler")
+        require_distributed()
+        check_output(args.out, inputs=[args.config])
+        check_output(chunk_folder(args.out), kind="dir", key="--out (its chunk folder)")
+        plan = plan_chunks(sim, args.out, args.chunk_runs)
+        # memory is bounded by a chunk per worker, not by the grid: a grid the in-process sweep refuses may run
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = cores if args.scheduler == "local" else 1
+        need, detail = simulation_memory(sim, n_runs=plan.chunk_runs)
+        check_fits(need * workers, f"{workers} worker(s) at once, each one chunk of {detail}", "--chunk-runs",
+                   plan.chunk_runs)
+        check_steps(sim)
+        done = f"; {len(plan.done)} already written in {plan.folder}, skipped" if plan.done else ""
+        print(f"{_plan(sim, args.out)}\nstopgrad: {plan.n_chunks} chunk(s) of {plan.chunk_runs} run(s) (at least "
+              f"{format_bytes(need)} each) on {args.scheduler}{done}", file=sys.stderr, flush=True)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            rep = sweep_distributed(sim, args.out, scheduler=args.scheduler, chunk_runs=plan.chunk_runs,
+                                    progress=progress, keep_chunks=args.keep_chunks)
+    except ConfigError as err:
+        if err.key in _OPTIONS:
+            raise ConfigError(_OPTIONS[err.key], err.value, err.rule) from None
+        raise
+    verdicts = ", ".join(f"{v}: {n}" for v, n in sorted(rep.verdicts.items()))
+    resumed = f" ({rep.chunks_skipped} already written: skipped)" if rep.chunks_skipped else ""
+    print(f"wrote {rep.path}: {rep.n_runs} run(s) in {rep.n_chunks} chunk(s) of {rep.chunk_runs}{resumed}, "
+          f"engine {sim.engine} ({rep.backend}), {rep.workers} worker thread(s) at {rep.scheduler}; "
+          f"{rep.chunks_run} chunk(s) run at {rep.runs_per_second:,.0f} runs/s, combine {rep.combine_seconds:.2f} s, "
+          f"{rep.elapsed_seconds:.2f} s in all; collapse at t_end: {verdicts}")
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     return 0
@@ -182,6 +234,15 @@ def register(sub) -> None:
                        description="Run the [grid] of CONFIG as one batched integration; verdict per run.")
     p.add_argument("config", help="TOML config with a [grid] table")
     p.add_argument("--out", required=True, help="output netCDF file")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the grid in chunks on a dask.distributed cluster: 'local' (a cluster of processes "
+                        "using every core here) or a scheduler address (tcp://host:8786); chunks go to OUT.chunks/ "
+                        "and a killed sweep resumes from them (needs pip install 'stopgrad[distributed]'; "
+                        "without it the sweep runs in this process)")
+    p.add_argument("--chunk-runs", type=int, metavar="N",
+                   help="runs per chunk with --scheduler (default: at most 64 MiB of saved trajectories a "
+                        "chunk and at least 64 chunks; a resumed sweep keeps its chunking)")
+    p.add_argument("--keep-chunks", action="store_true", help="with --scheduler: keep OUT.chunks/ after writing OUT")
     _progress_flags(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -14,7 +14,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from stopgrad.dynamics import ConfigError, check_seed
+from stopgrad.dynamics import ConfigError, check_seed, saved_bytes_per_run
 
 __all__ = ["available_memory", "check_device", "check_fits", "check_output", "check_seed", "check_steps",
            "format_bytes", "simulation_memory", "simulation_steps", "train_memory"]
@@ -179,8 +179,9 @@ def siamese_memory(sim) -> tuple[int, str]:
     return sum(parts.values()), ", ".join(f"{k} {format_bytes(v)}" for k, v in parts.items())
 
 
-def simulation_memory(sim) -> tuple[int, str]:
-    """A lower bound on the memory (bytes) :func:`stopgrad.dynamics.simulate` needs for ``sim``.
+def simulation_memory(sim, n_runs: int | None = None) -> tuple[int, str]:
+    """A lower bound on the memory (bytes) :func:`stopgrad.dynamics.simulate` needs for ``sim`` (or for
+    ``n_runs`` of its runs: one chunk of a distributed sweep).
 
     Counts only arrays that certainly exist at once: the saved trajectories of the result (s, p,
     alignment, tau per mode and about 8 scalars per save, float64, per run), the initial draws W(0),
@@ -188,8 +189,8 @@ def simulation_memory(sim) -> tuple[int, str]:
     they are materialised (non-isotropic data). Solver work arrays come on top, so a run refused
     here could never have finished. Returns (bytes, a short breakdown)."""
     m = sim.model
-    R, S, k, n1, n2 = sim.n_runs, sim.n_save, m.n2, m.n1, m.n2
-    parts = {"saved trajectories": R * S * (4 * k + 8) * FLOAT64}
+    R, n1, n2 = sim.n_runs if n_runs is None else int(n_runs), m.n1, m.n2
+    parts = {"saved trajectories": R * saved_bytes_per_run(sim)}
     if sim.engine != "modes":
         parts["initial W, W_a"] = 2 * R * n2 * n1 * FLOAT64
     if not m.isotropic or (sim.engine == "matrix" and m.predictor == "rule"):

@@ -30,7 +30,7 @@ SAVED_STATE_BUDGET = 2**25
 
 
 def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_steps, blowup, work_size,
-                schedule: str | None = None, dt: float | None = None):
+                schedule: str | None = None, dt: float | None = None, n_sweep: int | None = None):
     """Integrate every row of Y0 (R, n) with kernel rows PRM (R, P); returns states (R, S, n), stats
     (R, 4) and t_fail (R,). ``tableau`` (tableaux.tableau_arrays) for an adaptive method, or None for
     fixed-step rk4 with step ``dt`` (then rtol and atol are unused).
@@ -39,6 +39,10 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
     Shares of runs go to numba's thread count of threads (``NUMBA_NUM_THREADS``,
     ``numba.set_num_threads``) with ``schedule`` (default dynamic; see
     :func:`.scheduling.run_shares`); neither changes a result.
+    n_sweep: the run count of the whole sweep these rows belong to (default R). It picks the kernel, so
+    that every block and every chunk of one sweep takes the same kernel, whatever its own size: the
+    kernels agree to the tolerance, not to the bit, and a run's result must not depend on how the
+    sweep was cut.
     """
     Y0 = np.ascontiguousarray(Y0, dtype=np.float64)
     PRM = np.ascontiguousarray(PRM, dtype=np.float64)
@@ -64,9 +68,10 @@ def solve_batch(system: str, Y0, PRM, cfg, t_save, tableau, rtol, atol, max_step
     args = (np.asarray(cfg, dtype=np.int64), np.asarray(t_save, dtype=np.float64), tab["A"], tab["B"], tab["C"], E, E3,
             E5, tab["s"], tab["dop853"], tab["exponent"], tab["order"], float(rtol), float(atol), int(max_steps),
             float(blowup))
-    if one_mode_applies(system, cfg, tab, R):
+    n_choice = R if n_sweep is None else int(n_sweep)
+    if one_mode_applies(system, cfg, tab, n_choice):
         solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out, stats, tfail, schedule)
-    elif system == "modes" and R >= 4 * LANES:  # many tiny systems: SIMD lanes, shares of lane packs
+    elif system == "modes" and n_choice >= 4 * LANES:  # many tiny systems: SIMD lanes, shares of lane packs
 
         def share(first: int, stride: int) -> None:
             mode_lanes_solve(Y0, PRM, *args, out, stats, tfail, first, stride)
@@ -119,7 +124,7 @@ def _integrate_numba(flow, numba_sys, table, sim, t_save: np.ndarray, progress) 
         for lo in range(0, R, block):
             hi = min(R, lo + block)
             out, st, tf = solve_batch(name, Y0[lo:hi], prm[lo:hi], cfg, t_save, tab, solver.rtol, solver.atol,
-                                      solver.max_steps, solver.blowup, work, dt=solver.dt)
+                                      solver.max_steps, solver.blowup, work, dt=solver.dt, n_sweep=table.n_sweep)
             stats[lo:hi], t_fail[lo:hi] = st, tf
             if S <= hi - lo:  # observe one save time at a time: no per-row copies of the parameters
                 sub = {k: v[lo:hi] for k, v in flow.params.items()}
