@@ -334,8 +334,12 @@ def main() -> None:
     ap.add_argument("--peer-configs", type=int, default=64, help="configs for torchode and diffrax (one batch)")
     ap.add_argument("--peer-loop-configs", type=int, default=32, help="configs for the scipy loop")
     ap.add_argument("--peer-ours-configs", type=int, default=256, help="configs for ours' timing")
-    ap.add_argument("--peer-list", default=None, help="comma-separated subset of the peers")
+    ap.add_argument("--peer-list", default=None, help="comma-separated subset of the peers (and 'ours' for its "
+                    "1-core and busy-neighbour runs); updates those rows of the last dynamics-peers-cpu.json")
     ap.add_argument("--peer-ladder", default=None, help="comma-separated tolerances tried per peer, loose to tight")
+    ap.add_argument("--peer-ladder-threads", type=int, default=2, choices=[1, 2],
+                    help="threads for the tolerance ladder (the chosen rung is then run on the other setting)")
+    ap.add_argument("--peer-timeout", type=int, default=1200, help="seconds for one peer measurement process")
     ap.add_argument("--procs", type=int, default=2, help="processes for the reference (the benchmark's only)")
     args = ap.parse_args()
     if args.accuracy_only or args.peers_only:
@@ -405,9 +409,21 @@ def extras(args) -> None:
         kw["ladder"] = (tuple(float(x) for x in args.peer_ladder.split(",")) if args.peer_ladder
                         else tuple(t for t in dynamics_peers.LADDER_ALL if t <= 3.01 * args.rtol))
         res = dynamics_peers.bench_peers(args.rtol, args.peer_configs, args.peer_loop_configs, args.peer_ours_configs,
-                                         procs=args.procs, log=lambda m: print(m, flush=True), **kw)
+                                         procs=args.procs, ladder_threads=args.peer_ladder_threads,
+                                         timeout=args.peer_timeout,
+                                         ours_settings=not args.peer_list or "ours" in args.peer_list.split(","),
+                                         log=lambda m: print(m, flush=True), **kw)
         res = {"machine": machine, **res}
         out = RESULTS / "dynamics-peers-cpu.json"
+        if args.peer_list and out.exists():  # a partial run: update those rows of the last table, say so
+            last = json.loads(out.read_text())
+            fresh = {k: v for k, v in res["rows"].items() if not k.startswith("ours")}  # ours: kept apart below
+            last["rows"].update(fresh)
+            last.setdefault("rows_from_a_later_run", []).append(
+                {"rows": sorted(fresh), "ladder_threads": args.peer_ladder_threads,
+                 "load_average_at_start": res["load_average_at_start"], "load_average_at_end": res["load_average_at_end"],
+                 "ours_in_that_run": res["rows"].get("ours (numba dop853)")})
+            res = last
         out.write_text(json.dumps(res, indent=2))
         dynamics_peers.print_table(res)
         print(f"wrote {out}")

@@ -287,8 +287,11 @@ def measure(name, configs, rtols, threads, ref_path, target=None, procs=1, busy=
 
 
 def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=tuple(PEERS), procs=2,
-                ladder=LADDER, log=print):
-    """The peer table: ours at ``rtol``; each peer at the loosest ladder tolerance matching ours' accuracy."""
+                ladder=LADDER, ladder_threads=2, timeout=1200, ours_settings=True, log=print):
+    """The peer table: ours at ``rtol``; each peer at the loosest ladder tolerance matching ours' accuracy.
+
+    The ladder runs on ``ladder_threads`` (2, or 1 where a peer's 2-thread runs crawl on a loaded
+    machine); the chosen tolerance is then run once on the other setting, each within ``timeout`` s."""
     from bench_dynamics import REF_METHOD, REF_RTOL, reference_spectra, sample_indices
 
     n_ref = max(peer_configs, loop_configs)
@@ -313,15 +316,15 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
     ours.update({"max_error": float(errors.max()), "error_configs": int(len(errors)), "nfev_mean": rungs[0]["nfev_mean"],
                  "2 cores": ms(rungs[0], ours_configs)})
     target = {n: float(errors[:n].max()) for n in (peer_configs, loop_configs)}
-    for key, threads, busy in (("1 core", 1, False), ("busy neighbour", 2, True)):
+    for key, threads, busy in (("1 core", 1, False), ("busy neighbour", 2, True))[: 2 if ours_settings else 0]:
         rungs, why = measure("ours", ours_configs, [rtol], threads, ref_path, busy=busy, log=log)
         ours[key] = ms(rungs[0], ours_configs) if rungs is not None else {"skipped": why}
-    if "ms_per_config" in ours["busy neighbour"]:
+    if "ms_per_config" in ours.get("busy neighbour", {}):
         ours["busy_over_quiet"] = ours["busy neighbour"]["ms_per_config"] / ours["2 cores"]["ms_per_config"]
     ours["target_error"] = target
     rows["ours (numba dop853)"] = ours
 
-    for name in peers:
+    for name in [q for q in peers if q in PEERS]:
         reason = available(name)
         if reason is not None:
             log(f"  {name}: skipped: {reason}")
@@ -330,7 +333,7 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
         n = loop_configs if name.startswith("scipy") else peer_configs
         log(f"  {name} on {n} configs, target error {target[n]:.2e} (ours on the same configs)")
         row = {"configs": n, "target_error": target[n]}
-        rungs, errors = measure(name, n, ladder, 2, ref_path, target=target[n], log=log)
+        rungs, errors = measure(name, n, ladder, ladder_threads, ref_path, target=target[n], timeout=timeout, log=log)
         if rungs is None:
             row["skipped"] = errors
             rows[name] = row
@@ -342,18 +345,19 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
             rows[name] = row
             continue
         tol = last["rtol"]
-        row.update({"tolerance": tol, "max_error": last["max_error"], "2 cores": ms(last, n),
+        here, there = ("2 cores", "1 core") if ladder_threads == 2 else ("1 core", "2 cores")
+        row.update({"tolerance": tol, "max_error": last["max_error"], here: ms(last, n), "ladder_threads": ladder_threads,
                     "at_ladder_start": len(rungs) == 1})  # then a looser tolerance might also do
         for k in ("compile_seconds", "nfev_mean", "nfev_mean_estimate", "steps_max", "failed"):
             if k in last:
                 row[k] = last[k]
-        r1, why = measure(name, n, [tol], 1, ref_path, log=log)
-        row["1 core"] = ms(r1[0], n) if r1 is not None else {"skipped": why}
+        r1, why = measure(name, n, [tol], 3 - ladder_threads, ref_path, timeout=timeout, log=log)
+        row[there] = ms(r1[0], n) if r1 is not None else {"skipped": why}
         if r1 is not None and "compile_seconds" in r1[0]:
-            row["compile_seconds_1_core"] = r1[0]["compile_seconds"]
+            row[f"compile_seconds_{there.replace(' ', '_')}"] = r1[0]["compile_seconds"]
         if name.startswith("scipy"):  # the loop uses one core; two processes use both
             row["2 cores, 1 process"] = row["2 cores"]
-            rp, why = measure(name, n, [tol], 1, ref_path, procs=2, log=log)
+            rp, why = measure(name, n, [tol], 1, ref_path, procs=2, timeout=timeout, log=log)
             row["2 cores"] = {**ms(rp[0], n), "how": "2 processes"} if rp is not None else {"skipped": why}
         rows[name] = row
     tmp.cleanup()
