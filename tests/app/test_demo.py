@@ -1,4 +1,4 @@
-"""The demo end to end (slow: ~40 s on 2 cores): every reading it reports must agree with the theory."""
+"""The demo end to end (slow: about 2 minutes on 2 quiet cores): every reading it reports must agree with the theory."""
 
 import pytest
 
