@@ -458,7 +458,7 @@ def _run_chunks(client, sim: Simulation, plan: ChunkPlan, progress: bool) -> tup
     done_runs = 0
     with tqdm(total=plan.n_chunks, initial=len(plan.done), desc="chunks", unit="chunk", file=sys.stderr,
               disable=not progress, dynamic_ncols=True) as bar:
-        if plan.done:
+        if plan.done and progress:
             bar.write(f"resuming: {len(plan.done)} of {plan.n_chunks} chunks already written in {plan.folder}, skipped",
                       file=sys.stderr)
         try:
