@@ -3,6 +3,7 @@ to the in-process sweep; the errors are one line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -44,13 +45,19 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "stopgrad.cli", "sweep", *args]
 
 
-def _two_cores() -> None:
-    """Run the child on at most two cores: ``--scheduler local`` starts one worker per core it may use."""
-    cores = sorted(os.sched_getaffinity(0))[:2]
-    os.sched_setaffinity(0, cores)
+@contextlib.contextmanager
+def _at_most_two_cores():
+    """This process on at most two cores for the block: ``--scheduler local`` starts one worker per core
+    it may use (and the workers inherit the affinity)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(before)[:2])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
-def test_a_killed_sweep_resumes_and_equals_a_straight_run(dask_client, tmp_path, assert_bitwise):
+def test_a_killed_sweep_resumes_and_equals_a_straight_run(dask_client, tmp_path, capsys, assert_bitwise):
     cfg = tmp_path / "sweep.toml"
     cfg.write_text(CONFIG)
     out = tmp_path / "result.nc"
@@ -75,13 +82,14 @@ def test_a_killed_sweep_resumes_and_equals_a_straight_run(dask_client, tmp_path,
     kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in written}
     # 2. resume with --scheduler local (a cluster of this machine's cores, here at most two): the chunks
     #    on disk are skipped, the rest run, the result is written
-    resumed = subprocess.run(_cli(str(cfg), "--out", str(out), "--scheduler", "local", "--keep-chunks",
-                                  "--no-progress"),
-                             cwd=REPO, capture_output=True, text=True, preexec_fn=_two_cores, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    skipped = int(re.search(r"\((\d+) already written: skipped\)", resumed.stdout).group(1))
-    assert len(written) <= skipped < 24, resumed.stdout
-    assert re.search(r"on local\b", resumed.stderr) and "24 chunk(s) of 2 run(s)" in resumed.stderr
+    capsys.readouterr()
+    with _at_most_two_cores():
+        assert main(["sweep", str(cfg), "--out", str(out), "--scheduler", "local", "--keep-chunks", "--no-progress"]) == 0
+    resumed = capsys.readouterr()
+    skipped = int(re.search(r"\((\d+) already written: skipped\)", resumed.out).group(1))
+    assert len(written) <= skipped < 24, resumed.out
+    assert "24 chunk(s) of 2 run(s)" in resumed.err and "on local" in resumed.err, resumed.err
+    assert "at local (2 worker processes)" in resumed.out or "at local (1 worker processes)" in resumed.out
     assert {p: (folder / p).stat().st_ino for p in kept} == {p: v[0] for p, v in kept.items()}
     assert {p: (folder / p).stat().st_mtime_ns for p in kept} == {p: v[1] for p, v in kept.items()}
     assert not list(folder.glob(".chunk-*.tmp"))  # no temporary file of the killed writers is left
