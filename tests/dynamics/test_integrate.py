@@ -165,6 +165,17 @@ def dataclasses_replace(obj, **kw):
     return dataclasses.replace(obj, **kw)
 
 
+def _numba_and_torch(sim, warning: str):
+    """``sim`` on its own backend and on torch, each expected to warn ``warning`` (a failure kind)."""
+    from stopgrad.dynamics import simulate
+
+    with pytest.warns(RuntimeWarning, match=warning):
+        fast = simulate(sim)
+    with pytest.warns(RuntimeWarning, match=warning):
+        ref = simulate(dataclasses_replace(sim, backend="torch"))
+    return fast, ref
+
+
 @pytest.mark.parametrize("predictor,method,stop_grad", [
     ("learned", "byol", True), ("symmetric", "simsiam", True), ("identity", "byol", True),
     ("learned", "simsiam", False), ("identity", "simsiam", True),
@@ -201,10 +212,7 @@ def test_one_mode_kernel_reports_failures_like_the_torch_solver():
     grid = {"p0": [0.0] * 40, "eta": [0.0, 0.3]}
     sim = Simulation(model=model, engine="modes", t_end=80.0, n_save=5, grid=grid, modes=ModeInit(s0=1.0),
                      solver=Solver(method="dopri5", rtol=1e-8, atol=1e-10, blowup=1.2))
-    with pytest.warns(RuntimeWarning, match="blow-up"):
-        fast = simulate(sim)
-    with pytest.warns(RuntimeWarning, match="blow-up"):
-        ref = simulate(dataclasses_replace(sim, backend="torch"))
+    fast, ref = _numba_and_torch(sim, "blow-up")
     assert list(fast.status.values) == list(ref.status.values)
     assert set(fast.status.values) == {"blow-up", "ok"}
     assert np.allclose(fast.t_fail.values, ref.t_fail.values, equal_nan=True)
@@ -212,10 +220,7 @@ def test_one_mode_kernel_reports_failures_like_the_torch_solver():
 
     limited = dataclasses_replace(sim, grid={"p0": [0.5] * 64, "eta": [0.01]},
                                   solver=Solver(method="dopri5", rtol=1e-9, atol=1e-11, max_steps=30))
-    with pytest.warns(RuntimeWarning, match="max steps"):
-        fast = simulate(limited)
-    with pytest.warns(RuntimeWarning, match="max steps"):
-        ref = simulate(dataclasses_replace(limited, backend="torch"))
+    fast, ref = _numba_and_torch(limited, "max steps")
     assert set(fast.status.values) == {"max steps"}
     assert np.array_equal(fast.nfev.values, ref.nfev.values)
     # the same 30 steps; round-off in the error estimate (a difference of stages) moves each step size by
@@ -270,20 +275,14 @@ def test_numba_rk4_takes_the_torch_loops_fixed_steps():
     grid = {"p0": [0.0] * 3, "eta": [0.0, 0.3]}
     sim = Simulation(model=one, engine="modes", t_end=80.0, n_save=5, grid=grid, modes=ModeInit(s0=1.0),
                      solver=Solver(method="rk4", dt=0.05, blowup=1.2), backend="numba")
-    with pytest.warns(RuntimeWarning, match="blow-up"):
-        fast = simulate(sim)
-    with pytest.warns(RuntimeWarning, match="blow-up"):
-        ref = simulate(dataclasses_replace(sim, backend="torch"))
+    fast, ref = _numba_and_torch(sim, "blow-up")
     assert list(fast.status.values) == list(ref.status.values)
     assert set(fast.status.values) == {"blow-up", "ok"}
     assert np.allclose(fast.t_fail.values, ref.t_fail.values, rtol=1e-12, equal_nan=True)
     assert np.array_equal(np.isnan(fast.s.values), np.isnan(ref.s.values))
     limited = dataclasses_replace(sim, grid={"p0": [0.5] * 2, "eta": [0.01]},
                                   solver=Solver(method="rk4", dt=0.05, max_steps=30))
-    with pytest.warns(RuntimeWarning, match="max steps"):
-        fast = simulate(limited)
-    with pytest.warns(RuntimeWarning, match="max steps"):
-        ref = simulate(dataclasses_replace(limited, backend="torch"))
+    fast, ref = _numba_and_torch(limited, "max steps")
     assert set(fast.status.values) == {"max steps"}
     assert np.array_equal(fast.nfev.values, ref.nfev.values)
     assert np.allclose(fast.t_fail.values, ref.t_fail.values, rtol=1e-12)
