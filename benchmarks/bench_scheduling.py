@@ -10,7 +10,14 @@ B. a per-mode (p0, eta) grid (numba_one_mode), dopri5 rtol 1e-6.
 
 Each is timed with 1 thread, and with all threads under each schedule, quiet and with one busy
 neighbour process (a pure-Python spin loop, not pinned; and pinned to the last core with taskset
-where available). Each timing is the median of ``--repeats``.
+where available). Each timing is the median of ``--repeats``, the settings interleaved in each repeat.
+
+Our threads are not pinned by default, so the OS time-slices them fairly beside the neighbour and
+neither schedule has a straggler: both pay about the fair share, (threads + 1) / threads. Where
+threads are bound one per core (as OMP_PROC_BIND or a bound runtime does), the thread on the
+neighbour's core runs at half speed: a static split then waits for it (about 2x on 2 cores), while
+the dynamic schedule lets the free thread take more shares (about 2 threads / 1.5 = 1.33x). The
+"bound" rows measure that, binding each pool thread of ``run_shares`` to its own core (Linux only).
 
     python benchmarks/bench_scheduling.py [--configs 128] [--grid-side 400] [--repeats 3]
 
@@ -27,13 +34,18 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numba
 import numpy as np
 
 from stopgrad.dynamics import DataSpec, InitSpec, LinearModel, ModeInit, Simulation, Solver, simulate
+from stopgrad.dynamics.solvers import scheduling
 from stopgrad.dynamics.solvers.scheduling import using_schedule
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,16 +69,38 @@ def mode_grid(side: int) -> Simulation:
                       solver=Solver(method="dopri5", rtol=1e-6, atol=1e-8))
 
 
-def timed(sim: Simulation, threads: int, schedule: str, repeats: int) -> tuple[float, list[float], np.ndarray]:
-    """Median kernel seconds over repeats (ds.attrs['wall_seconds']), all of them, and s for a bitwise check."""
+class BoundExecutor(ThreadPoolExecutor):
+    """A ThreadPoolExecutor whose k-th thread binds itself to core k (benchmark only: emulates a
+    runtime that binds threads, e.g. OMP_PROC_BIND=close)."""
+
+    def __init__(self, max_workers=None, thread_name_prefix="", **kwargs):
+        cores, lock = iter(sorted(os.sched_getaffinity(0))), threading.Lock()
+
+        def bind() -> None:
+            with lock:
+                core = next(cores)
+            os.sched_setaffinity(0, {core})  # pid 0: the calling thread only
+
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix, initializer=bind)
+
+
+@contextmanager
+def bound_threads(bound: bool) -> Iterator[None]:
+    """Within the block, run_shares's pool threads are bound one per core (when ``bound``)."""
+    old = scheduling.ThreadPoolExecutor
+    scheduling.ThreadPoolExecutor = BoundExecutor if bound else old
+    try:
+        yield
+    finally:
+        scheduling.ThreadPoolExecutor = old
+
+
+def timed_once(sim: Simulation, threads: int, schedule: str, bound: bool = False) -> tuple[float, np.ndarray]:
+    """Kernel seconds of one run (ds.attrs['wall_seconds']) and s for a bitwise check."""
     numba.set_num_threads(threads)
-    walls, s = [], None
-    with using_schedule(schedule):
-        for _ in range(repeats):
-            ds = simulate(sim)
-            walls.append(float(ds.attrs["wall_seconds"]))
-            s = ds.s.values
-    return statistics.median(walls), walls, s
+    with using_schedule(schedule), bound_threads(bound):
+        ds = simulate(sim)
+    return float(ds.attrs["wall_seconds"]), ds.s.values
 
 
 def neighbour(pinned: bool) -> subprocess.Popen:
@@ -82,31 +116,43 @@ def bench(name: str, sim: Simulation, repeats: int, pin_available: bool) -> dict
     threads = numba.config.NUMBA_NUM_THREADS
     simulate(sim.__class__(**{**sim.__dict__, "grid": {k: v[:2] for k, v in sim.grid.items()}}))  # compile
     rows, ref = {}, None
-    settings = [("1 thread, quiet", 1, "dynamic", None)]
+    settings = [("1 thread, quiet", 1, "dynamic", None, False)]
     for schedule in ("static", "dynamic"):
-        settings.append((f"{threads} threads {schedule}, quiet", threads, schedule, None))
-        settings.append((f"{threads} threads {schedule}, busy neighbour", threads, schedule, False))
+        settings.append((f"{threads} threads {schedule}, quiet", threads, schedule, None, False))
+        settings.append((f"{threads} threads {schedule}, busy neighbour", threads, schedule, False, False))
         if pin_available:
-            settings.append((f"{threads} threads {schedule}, busy neighbour pinned", threads, schedule, True))
-    for label, n, schedule, pinned in settings:
-        proc = neighbour(pinned) if pinned is not None else None
-        try:
-            med, walls, s = timed(sim, n, schedule, repeats)
-        finally:
-            if proc is not None:
-                proc.kill()
-                proc.wait()
-        if ref is None:
-            ref = s
-        rows[label] = {"seconds_median": med, "seconds": walls, "bitwise_equal_to_1_thread": bool(
-            np.array_equal(s, ref, equal_nan=True))}
-        print(f"  {name:28s} {label:44s} {med:8.2f} s", flush=True)
+            settings.append((f"{threads} threads {schedule}, busy neighbour pinned", threads, schedule, True, False))
+    if pin_available and hasattr(os, "sched_setaffinity"):
+        for schedule in ("static", "dynamic"):
+            settings.append((f"{threads} threads {schedule} bound, quiet", threads, schedule, None, True))
+            settings.append((f"{threads} threads {schedule} bound, busy neighbour pinned", threads, schedule, True, True))
+    walls = {label: [] for label, *_ in settings}
+    equal = dict.fromkeys(walls, True)
+    for rep in range(repeats):  # settings interleaved, so that the host's drift spreads over all of them
+        for label, n, schedule, pinned, bound in settings:
+            proc = neighbour(pinned) if pinned is not None else None
+            try:
+                wall, s = timed_once(sim, n, schedule, bound)
+            finally:
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
+            if ref is None:
+                ref = s
+            walls[label].append(wall)
+            equal[label] &= bool(np.array_equal(s, ref, equal_nan=True))
+        print(f"  {name}: repeat {rep + 1}/{repeats} done, load {os.getloadavg()[0]:.2f}", flush=True)
+    for label in walls:
+        rows[label] = {"seconds_median": statistics.median(walls[label]), "seconds": walls[label],
+                       "bitwise_equal_to_1_thread": equal[label]}
     runs = int(np.prod([len(v) for v in sim.grid.values()]))
-    quiet = rows[f"{threads} threads dynamic, quiet"]["seconds_median"]
     for label, row in rows.items():
         row["ms_per_run"] = 1e3 * row["seconds_median"] / runs
-        row["relative_to_dynamic_quiet"] = row["seconds_median"] / quiet
-    return {"runs": runs, "threads": threads, "rows": rows}
+        quiet = rows[label.split(",")[0] + ", quiet"]["seconds_median"]  # the same schedule and binding, quiet
+        row["relative_to_quiet"] = row["seconds_median"] / quiet
+    return {"runs": runs, "threads": threads, "fair_share": (threads + 1) / threads,
+            "bound_expected": {"static": 2.0, "dynamic": threads / (threads - 0.5)} if threads > 1 else None,
+            "rows": rows}
 
 
 def main() -> None:
@@ -129,8 +175,11 @@ def main() -> None:
     print(f"\n{'workload':28s} {'setting':44s} {'time':>8s} {'vs quiet':>9s} {'bitwise':>8s}")
     for key in ("matrix_sweep", "mode_grid"):
         for label, row in result[key]["rows"].items():
-            print(f"{key:28s} {label:44s} {row['seconds_median']:7.2f}s {row['relative_to_dynamic_quiet']:8.2f}x "
+            print(f"{key:28s} {label:44s} {row['seconds_median']:7.2f}s {row['relative_to_quiet']:8.2f}x "
                   f"{str(row['bitwise_equal_to_1_thread']):>8s}")
+    print("vs quiet: against the same schedule and binding with no neighbour. Expected from CPU shares alone: "
+          f"{result['matrix_sweep']['fair_share']:.2f}x unbound (fair share); bound, static 2x and dynamic "
+          f"{numba.config.NUMBA_NUM_THREADS / max(0.5, numba.config.NUMBA_NUM_THREADS - 0.5):.2f}x")
     print(f"wrote {out}")
 
 
