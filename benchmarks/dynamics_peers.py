@@ -12,7 +12,8 @@ Each measurement runs in a subprocess whose environment is set before numba, tor
   XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1;
 * 2 cores: ``taskset -c 0,1``, NUMBA_NUM_THREADS=2, torch.set_num_threads(2), XLA's defaults; the scipy
   loop also as 2 processes of one thread each (the loop itself cannot use a second core);
-* busy neighbour (ours only): the 2-core run while ``python -c "while True: pass"`` spins on core 1.
+* busy neighbour (ours only): the 2-core run while ``python -c "while True: pass"`` spins on core 1;
+* 2 cores with OPENBLAS_NUM_THREADS=1 (ours only): numpy's OpenBLAS pool held at one thread from the start.
 
 Equal accuracy: ours runs at the benchmark's rtol; its max error in s on a peer's configs against the
 tight reference (scipy DOP853 rtol 1e-12) is that peer's target. Each peer climbs a ladder of
@@ -249,10 +250,11 @@ def worker_main(argv):
 
 # --- the orchestration: run in bench_dynamics.py's process ----------------------------------------
 
-def measure(name, configs, rtols, threads, ref_path, target=None, procs=1, busy=False, timeout=1200, log=print):
+def measure(name, configs, rtols, threads, ref_path, target=None, procs=1, busy=False, timeout=1200, log=print,
+            extra_env=None):
     """Measurements in one fresh subprocess: the rungs run (list of dicts) and the last one's per-config
     errors, or (None, reason)."""
-    env = {**os.environ, **thread_env(threads)}
+    env = {**os.environ, **thread_env(threads), **(extra_env or {})}
     cpus = "0" if threads == 1 and procs == 1 else "0,1"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.npz"
@@ -316,8 +318,11 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
     ours.update({"max_error": float(errors.max()), "error_configs": int(len(errors)), "nfev_mean": rungs[0]["nfev_mean"],
                  "2 cores": ms(rungs[0], ours_configs)})
     target = {n: float(errors[:n].max()) for n in (peer_configs, loop_configs)}
-    for key, threads, busy in (("1 core", 1, False), ("busy neighbour", 2, True))[: 2 if ours_settings else 0]:
-        rungs, why = measure("ours", ours_configs, [rtol], threads, ref_path, busy=busy, log=log)
+    # numpy's OpenBLAS pool at 2 threads slows our 2-thread kernels (issue 13 finding): also 2 cores with it at 1
+    settings = (("1 core", 1, False, None), ("busy neighbour", 2, True, None),
+                ("2 cores, OPENBLAS_NUM_THREADS=1", 2, False, {"OPENBLAS_NUM_THREADS": "1"}))
+    for key, threads, busy, extra in settings[: 3 if ours_settings else 0]:
+        rungs, why = measure("ours", ours_configs, [rtol], threads, ref_path, busy=busy, log=log, extra_env=extra)
         ours[key] = ms(rungs[0], ours_configs) if rungs is not None else {"skipped": why}
     if "ms_per_config" in ours.get("busy neighbour", {}):
         ours["busy_over_quiet"] = ours["busy neighbour"]["ms_per_config"] / ours["2 cores"]["ms_per_config"]
@@ -373,13 +378,14 @@ def print_table(res) -> None:
     print(f"\npeers at equal accuracy (ours at rtol {res['ours_rtol']:g}; max error in s vs scipy DOP853 rtol 1e-12 "
           f"on the same configs), ms per config: wall, and CPU time on 1 core")
     print(f"{'method':22s} {'rtol':>7s} {'max err':>9s} {'configs':>8s} {'1 core':>10s} {'1 core CPU':>10s} "
-          f"{'2 cores':>10s} {'busy nbr':>10s}")
+          f"{'2 cores':>10s} {'busy nbr':>10s} {'2c BLAS=1':>10s}")
     for name, r in res["rows"].items():
         if "tolerance" not in r:
             print(f"{name:22s} skipped: {r.get('skipped')}")
             continue
         print(f"{name:22s} {r['tolerance']:7.0e} {r['max_error']:9.1e} {r['configs']:8d} {ms(r.get('1 core'))} "
-              f"{ms(r.get('1 core'), 'cpu_ms_per_config')} {ms(r.get('2 cores'))} {ms(r.get('busy neighbour'))}")
+              f"{ms(r.get('1 core'), 'cpu_ms_per_config')} {ms(r.get('2 cores'))} {ms(r.get('busy neighbour'))} "
+              f"{ms(r.get('2 cores, OPENBLAS_NUM_THREADS=1'))}")
 
 
 if __name__ == "__main__":
