@@ -26,7 +26,7 @@ import xarray as xr
 
 from stopgrad.analysis import write_netcdf
 from stopgrad.dynamics import SiameseData, SiameseSimulation, SiameseSpec, simulate_siamese
-from stopgrad.dynamics.gsg_checks import FLOW_METRICS as METRICS, flow_dataset, paired_worlds
+from stopgrad.dynamics.theory.gsg_checks import FLOW_METRICS as METRICS, flow_dataset, paired_worlds
 
 RESULTS = Path(__file__).parent / "results" / "gsg_experiments.json"
 Z95 = 1.96

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stopgrad.dynamics import Solver, integrate
+from .solvers import Solver, integrate
 
 from .siamese import EvalSet, SiameseData, batched_metrics, make_dataset
 

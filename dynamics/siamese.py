@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stopgrad.dynamics import ConfigError, check, check_choice, check_range
+from ._checks import ConfigError, check, check_choice, check_range
 
 __all__ = [
     "SIAMESE_METHODS",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,25 +32,13 @@ from ..simulate import simulate
 from ..solvers import Solver
 from ..specs import ModeInit, SampledSpec, Simulation
 from . import closed_forms as cf
+from .check_result import CheckResult
+from .gsg_checks import GSG_CHECKS, GSG_SLOW_CHECKS
 
 __all__ = ["CHECKS", "SLOW_CHECKS", "CheckResult", "run_checks", "theorem1_simulation", "theorem2_simulation"]
 
 TIGHT = Solver(method="dop853", rtol=1e-12, atol=1e-14)
 f64 = torch.float64
-
-
-@dataclass
-class CheckResult:
-    """One row of the check table: the statement, the measured residual, its tolerance, the verdict."""
-
-    name: str
-    statement: str
-    residual: float
-    tolerance: float
-    passed: bool
-    detail: str = ""
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _random_psd(rng, n, scale=1.0, rank=None):
@@ -471,9 +458,7 @@ def run_checks(seed: int = 0, only: list[str] | None = None, progress: bool = Fa
         results.append(res)
     return results
 
-from ..gsg_checks import GSG_CHECKS, GSG_SLOW_CHECKS  # noqa: E402  GSG statements (docs/gsg_theory.md)
-
-CHECKS.update(GSG_CHECKS)
+CHECKS.update(GSG_CHECKS)  # the GSG statements (docs/gsg_theory.md)
 #: checks that take minutes on 2 cores: left out of the default run (``stopgrad check``, the demo);
 #: ``stopgrad check --only NAME`` runs one, and the slow tests run them all
 SLOW_CHECKS = frozenset(GSG_SLOW_CHECKS)

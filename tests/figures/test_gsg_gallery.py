@@ -13,7 +13,7 @@ import pytest
 from stopgrad.analysis import build_dataset, open_dataset, write_netcdf
 from stopgrad.cli import main
 from stopgrad.dynamics import SiameseData
-from stopgrad.dynamics.gsg_checks import flow_dataset, paired_worlds
+from stopgrad.dynamics.theory.gsg_checks import flow_dataset, paired_worlds
 from stopgrad.figures import gallery_plan, render_gallery
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
-"""``stopgrad check`` statements about GSG (docs/gsg_theory.md), registered into theorems.CHECKS.
+"""``stopgrad check`` statements about GSG (docs/gsg_theory.md), registered into theorems.CHECKS (theorems imports this module; it imports nothing of theorems).
 
-Each returns a theorems.CheckResult with its residual and tolerance:
+Each returns a CheckResult (theory.check_result) with its residual and tolerance:
 
 * gsg_selection_bias: E[min of two i.i.d. N(0, s^2)] = -s/sqrt(pi) (sympy), and the chosen view's mean
   noise in the sampled GSG rule equals -sigma/sqrt(pi) n_ab (Monte Carlo; tolerance 5 standard errors
@@ -29,12 +29,12 @@ import numpy as np
 import sympy as sp
 import torch
 
-from stopgrad.dynamics import Solver
-
-from .gsg_flow import GSGFlow, SELECTION_SIGN, integrate_gsg_flow, pair_differences, repulsion_matrix
-from .gsg_symbolic import min_of_two_gaussians, scalar_gradient
-from .siamese import (EvalSet, SiameseData, SiameseSimulation, SiameseSpec, init_params, make_dataset,
+from ..gsg_flow import GSGFlow, SELECTION_SIGN, integrate_gsg_flow, pair_differences, repulsion_matrix
+from ..gsg_symbolic import min_of_two_gaussians, scalar_gradient
+from ..siamese import (EvalSet, SiameseData, SiameseSimulation, SiameseSpec, init_params, make_dataset,
                       negative_distances, simulate_siamese)
+from ..solvers import Solver
+from .check_result import CheckResult
 
 __all__ = ["FLOW_METRICS", "GSG_CHECKS", "expected_gd_path", "flow_dataset", "paired_worlds"]
 
@@ -43,10 +43,6 @@ SLOPE_TOL = 0.15  # as sampled_vs_ode: the fitted exponent's spread with 16 seed
 PCA_TOL = 0.9
 
 
-def _result(*args, **kw):
-    from .theory.theorems import CheckResult  # theorems imports this module at its end: import here, not at the top
-
-    return CheckResult(*args, **kw)
 
 
 def paired_worlds(methods, seeds, *, data: SiameseData, n2: int, predictor: bool, batch: int, lr: float,
@@ -132,7 +128,7 @@ def check_selection_bias(seed: int):
     err = float((meas - pred).norm())
     tol = 5 * se + 2 * ratio**2 * float(pred.norm())
     ok = sym_res < 1e-12 and err <= tol
-    return _result("gsg_selection_bias", "GSG's chosen view: E[noise] = -sigma/sqrt(pi) W^TW delta/|W^TW delta| (sympy + MC)",
+    return CheckResult("gsg_selection_bias", "GSG's chosen view: E[noise] = -sigma/sqrt(pi) W^TW delta/|W^TW delta| (sympy + MC)",
                    err / tol, 1.0, ok, f"sympy residual {sym_res:.1e}; MC |mean - formula| {err:.2e}, SE {se:.1e}, "
                    f"|formula| {float(pred.norm()):.3e}, sigma||W||/||W delta|| = {ratio:.3f}, N = {N}",
                    extra={"mc_error": err, "se": se, "formula_norm": float(pred.norm())})
@@ -141,7 +137,7 @@ def check_selection_bias(seed: int):
 def check_symbolic_gsg(seed: int):
     out = scalar_gradient()
     res = float(sp.Abs(out["residual_w"]) + sp.Abs(out["residual_wp"])) if (out["residual_w"], out["residual_wp"]) != (0, 0) else 0.0
-    return _result("gsg_symbolic", "Scalar GSG: E[gradient] from the noise moments == the flow's matrix formula (sympy)",
+    return CheckResult("gsg_symbolic", "Scalar GSG: E[gradient] from the noise moments == the flow's matrix formula (sympy)",
                    res, 1e-12, res <= 1e-12, f"dW: {out['grad_w']}")
 
 
@@ -159,7 +155,7 @@ def check_repulsion_sign(seed: int):
         grad_phi = W[0] @ (A @ S + S @ A)  # d/dW E||W^T W delta|| = W (A S + S A)
         inner = float((grad_phi * term).sum())
         worst = min(worst, inner / float(grad_phi.norm() * term.norm()))
-    return _result("gsg_repulsion_sign", "No predictor: the GSG term never decreases Phi = E||W^T W delta|| (50 random W)",
+    return CheckResult("gsg_repulsion_sign", "No predictor: the GSG term never decreases Phi = E||W^T W delta|| (50 random W)",
                    max(0.0, -worst), 1e-12, worst >= -1e-12, f"min normalised <grad Phi, term> = {worst:.3f}")
 
 
@@ -182,7 +178,7 @@ def check_two_point_rate(seed: int):
             W = res.values["W"][0]
             measured = math.log(float((W[-1] @ delta).norm()) / float((W[0] @ delta).norm()))
             worst = max(worst, abs(measured - rate))
-    return _result("gsg_two_point_rate", "Two points, no predictor: ||W delta|| grows at c sigma|delta|(1-1/B)/(2 sqrt pi) - sigma^2 - eta",
+    return CheckResult("gsg_two_point_rate", "Two points, no predictor: ||W delta|| grows at c sigma|delta|(1-1/B)/(2 sqrt pi) - sigma^2 - eta",
                    worst, 1e-7, worst <= 1e-7, "GSG c = 1, reverse c = -1, SimSiam c = 0; 3 random settings")
 
 
@@ -208,7 +204,7 @@ def check_flow_vs_sampled(seed: int):
     coef, *_ = np.linalg.lstsq(np.stack([1 / np.asarray(batches), np.ones(len(batches))], 1), np.square(rms), rcond=None)
     bias = float(np.sqrt(max(coef[1], 0.0)))
     ok = abs(slope + 0.5) <= SLOPE_TOL
-    return _result("gsg_flow_vs_sampled", "Sampled GSG SGD -> expected GSG update: error in W falls as batch^(-1/2)",
+    return CheckResult("gsg_flow_vs_sampled", "Sampled GSG SGD -> expected GSG update: error in W falls as batch^(-1/2)",
                    abs(slope + 0.5), SLOPE_TOL, ok,
                    f"slope {slope:.3f} over batch {batches[:fit_upto]}; rms rel. error {', '.join(f'{e:.1e}' for e in rms)} "
                    f"at batch {batches}; fitted floor (linearised-selection bias) {bias:.1e}; lr {lr}, {steps} steps, "
@@ -240,10 +236,10 @@ def _contrastive_pca(method: str, seed: int):
     return ds["subspace"].isel(time=-1).values, ds["subspace"].isel(time=0).values, empirical
 
 
-def _pca_result(name: str, label: str, method: str, seed: int, detail: str):
+def _pcaCheckResult(name: str, label: str, method: str, seed: int, detail: str):
     frac, start, emp = _contrastive_pca(method, seed)
     worst = float(frac.min())
-    return _result(name, f"Linear {label} learns the top-n2 principal subspace of the data covariance",
+    return CheckResult(name, f"Linear {label} learns the top-n2 principal subspace of the data covariance",
                    1 - worst, 1 - PCA_TOL, worst >= PCA_TOL,
                    f"captured fraction {', '.join(f'{f:.3f}' for f in frac)} (4 seeds; at init {start.mean():.3f}; "
                    f"of the empirical covariance {', '.join(f'{f:.3f}' for f in emp)}); spikes 10, 8, 6, 4 over I, "
@@ -252,11 +248,11 @@ def _pca_result(name: str, label: str, method: str, seed: int, detail: str):
 
 
 def check_contrastive_pca(seed: int):
-    return _pca_result("contrastive_pca", "SimCLR", "simclr", seed, "")
+    return _pcaCheckResult("contrastive_pca", "SimCLR", "simclr", seed, "")
 
 
 def check_contrastive_pca_moco(seed: int):
-    return _pca_result("contrastive_pca_moco", "MoCo", "moco", seed, ", queue 256, key momentum 0.99")
+    return _pcaCheckResult("contrastive_pca_moco", "MoCo", "moco", seed, ", queue 256, key momentum 0.99")
 
 
 GSG_CHECKS = {
