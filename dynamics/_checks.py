@@ -36,11 +36,13 @@ def _show(value) -> str:
 
 
 def check(key: str, value, ok: bool, rule: str) -> None:
+    """Raise :class:`ConfigError` naming ``key``, ``value`` and ``rule`` unless ``ok``."""
     if not ok:
         raise ConfigError(key, value, rule)
 
 
 def check_finite(key: str, value) -> None:
+    """Raise :class:`ConfigError` unless every entry of ``value`` (scalar or array) is finite."""
     arr = np.asarray(value, dtype=float)
     if not np.all(np.isfinite(arr)):
         raise ConfigError(key, value, "must be finite (no NaN or inf)")

@@ -122,19 +122,24 @@ class ChunkPlan:
 
     @property
     def n_chunks(self) -> int:
+        """The number of chunks: ceil(n_runs / chunk_runs)."""
         return -(-self.n_runs // self.chunk_runs)
 
     def bounds(self, i: int) -> tuple[int, int]:
+        """Chunk ``i``'s run rows, [lo, hi)."""
         return i * self.chunk_runs, min(self.n_runs, (i + 1) * self.chunk_runs)
 
     def path(self, i: int) -> Path:
+        """Chunk ``i``'s netCDF file in the chunk folder (zero-padded index)."""
         return self.folder / f"chunk-{i:0{len(str(self.n_chunks - 1))}d}.nc"
 
     def pending(self) -> list[int]:
+        """The chunks not yet written, in order."""
         done = set(self.done)
         return [i for i in range(self.n_chunks) if i not in done]
 
     def manifest(self) -> dict:
+        """The folder's manifest: format, config hash and chunking; a resume must match it."""
         return {"format": FORMAT, "config_sha256": self.digest, "n_runs": self.n_runs, "chunk_runs": self.chunk_runs,
                 "n_chunks": self.n_chunks}
 
@@ -322,6 +327,7 @@ class _DropSlowExit(logging.Filter):
     written; nothing is lost. Every other message of the nanny still shows."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """False (drop) for the nanny's "still alive after" message, True for every other record."""
         return "still alive after" not in record.getMessage()
 
 

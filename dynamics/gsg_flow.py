@@ -110,12 +110,25 @@ class GSGFlow:
         self.deltas = pair_differences(self.x)
 
     def split(self, y: torch.Tensor):
+        """Views W (R, n2, n1) and W_p (R, n2, n2) of flat states y (R, n2 n1 + n2^2)."""
         n1, n2 = self.n1, self.n2
         W = y[:, : n2 * n1].reshape(-1, n2, n1)
         Wp = y[:, n2 * n1 :].reshape(-1, n2, n2)
         return W, Wp
 
     def rhs(self, t, y, p):
+        """The expected GSG (or SimSiam, reverse GSG) update as a flow: dW = -E[grad_W] - eta W,
+        dW_p = -alpha_p (E[grad_Wp] + eta W_p) (0 without a predictor).
+
+        Args:
+            t: flow time, () or (R,); unused (autonomous).
+            y: flat states (R, n2 n1 + n2^2): W (n2, n1), then W_p (n2, n2).
+            p: per-run parameters, each (R,): sigma (view noise), sign (+1 GSG, -1 reverse, 0 SimSiam),
+                batch_factor (1 - 1/B), eta, alpha_p.
+
+        Returns:
+            dy/dt, (R, n2 n1 + n2^2), in units of 1 / flow time (one unit = one SGD step of lr 1).
+        """
         W, Wp = self.split(y)
         G_W, G_Wp, _ = expected_gradients(W, Wp, self.X, self.deltas, self.K, p["sigma"], p["sign"], p["batch_factor"])
         dW = -G_W - p["eta"].view(-1, 1, 1) * W
@@ -126,6 +139,17 @@ class GSGFlow:
         return torch.cat([dW.reshape(len(y), -1), dWp.reshape(len(y), -1)], dim=1)
 
     def observe(self, t, y, p):
+        """The weights, and the evaluation metrics when an evaluation set is given.
+
+        Args:
+            t: flow time, (R,).
+            y: flat states, as for :meth:`rhs`.
+            p: per-run parameters, as for :meth:`rhs`.
+
+        Returns:
+            {name: tensor}: W (R, n2, n1), Wp (R, n2, n2), and with ``evalset`` the metrics of
+            :func:`~stopgrad.dynamics.siamese.batched_metrics`, each (R,).
+        """
         W, Wp = self.split(y)
         out = {"W": W.clone(), "Wp": Wp.clone()}
         if self.evalset is not None:

@@ -77,6 +77,7 @@ class FrozenArray:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The wrapped array's shape."""
         return self.array.shape
 
     def digest(self) -> str:

@@ -174,6 +174,19 @@ class MatrixFlow:
 
     # --- the flow ------------------------------------------------------------------------------------
     def rhs(self, t: torch.Tensor, y: torch.Tensor, p: dict) -> torch.Tensor:
+        """The gradient flow dy/dt (theory.md 1.2 with stop-gradient, 2.2 for DirectPred-style rules,
+        2.3 without stop-gradient).
+
+        Args:
+            t: flow time, () or (R,) (units "flow": t = sum of lr / (1 - momentum) over steps); unused,
+                the flow is autonomous.
+            y: flat states (R, n), the blocks of ``self.layout``: W (n2, r), then W_p (n2, n2) if learned,
+                then W_a (n2, r) for BYOL; r = n1, or the reduced rank under the isotropic reduction.
+            p: per-run parameters, each (R,): eta, eta_p, alpha_p, beta, sigma2 (and C0 for observe).
+
+        Returns:
+            dy/dt, (R, n), in units of 1 / flow time.
+        """
         m = self.model
         W, Wp, Wa = self._mats(y, p)
         G = self._right(Wa, "d", p) - self._right(Wp @ W, "s", p)  # -W_p W Sigma_s + W_a Sigma_d
@@ -195,6 +208,18 @@ class MatrixFlow:
 
     # --- diagnostics (design data contract) --------------------------------------------------------
     def observe(self, t: torch.Tensor, y: torch.Tensor, p: dict) -> dict[str, torch.Tensor]:
+        """The data contract's quantities at one save time.
+
+        Args:
+            t: flow time, (R,).
+            y: flat states (R, n), as for :meth:`rhs`.
+            p: per-run parameters, each (R,), plus C0 (R, n2, n2) and C0_norm (R,) (Theorem 1's constant).
+
+        Returns:
+            {name: tensor}: s, p, alignment, tau (R, n2), per eigenmode of F = W X W^T in descending s;
+            commutator, asymmetry, loss, weight_norm (R,); balance (R,), Theorem 1's residual relative
+            to ||C|| (only with a learned W_p). s and p are dimensionless (X has unit scale).
+        """
         W, Wp, Wa = self._mats(y, p)
         XWt = W.mT if self.reduced else self.X @ W.mT  # X = I in the reduced coordinates
         F, Fa = W @ XWt, (Wa @ XWt).mT  # F = W X W^T, F_a = W X W_a^T
@@ -240,6 +265,7 @@ class SymmetrizedFlow:
         return AB + AB.mT  # {A, B} for symmetric A, B
 
     def derivatives(self, F, Wp, p):
+        """Eq. 7's (dF/dt, dW_p/dt), each (R, n, n), for F, W_p (R, n, n) and per-run parameters (R,)."""
         lam = _bcast(1.0 + p["sigma2"])
         dWp = -0.5 * _bcast(p["alpha_p"]) * lam * self._anti(Wp, F) + _bcast(p["alpha_p"] * p["tau"]) * F
         dWp = dWp - _bcast(p["eta"]) * Wp
@@ -252,11 +278,33 @@ class SymmetrizedFlow:
         return lam * (0.5 * _bcast(p["alpha_p"]) * F + Wp @ Wp) - _bcast(p["tau"]) * Wp + 1.5 * _bcast(p["eta"]) * self.eye
 
     def rhs(self, t, y, p):
+        """Eq. 7: (dF/dt, dW_p/dt) flattened.
+
+        Args:
+            t: flow time, () or (R,); unused (autonomous).
+            y: flat states (R, 2 n^2): F (n, n), then W_p (n, n), both symmetric.
+            p: per-run parameters, each (R,): alpha_p, eta, sigma2, tau.
+
+        Returns:
+            dy/dt, (R, 2 n^2), in units of 1 / flow time.
+        """
         v = self.layout.views(y)
         dF, dWp = self.derivatives(v["F"], v["Wp"], p)
         return self.layout.pack({"F": dF, "Wp": dWp})
 
     def observe(self, t, y, p):
+        """The contract's quantities of (F, W_p) at one save time.
+
+        Args:
+            t: flow time, (R,).
+            y: flat states (R, 2 n^2), as for :meth:`rhs`.
+            p: per-run parameters, each (R,).
+
+        Returns:
+            {name: tensor}: s, p, alignment (R, n), per eigenmode of F in descending s; commutator,
+            asymmetry, commutator_norm ||[F, W_p]||_F, and k_min, the smallest eigenvalue of Eq. 9's K
+            (Theorem 3 needs it > 0), each (R,).
+        """
         v = self.layout.views(y)
         F, Wp = v["F"], v["Wp"]
         q = spectral_quantities(F, Wp)

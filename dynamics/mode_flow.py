@@ -86,6 +86,21 @@ class ModeFlow:
         return w, wa, self._p(v, w, prm), prm["lam_s"], prm["lam_d"]
 
     def rhs(self, t, y, prm):
+        """The per-mode system (theory.md 3.1), each mode j independent:
+        dp_j = alpha_p w_j g_j - eta_p p_j, dw_j = p_j g_j - eta w_j, dw_a,j = beta (w_j - w_a,j),
+        g_j = w_a,j lambda_d,j - p_j w_j lambda_s,j (the no-stop-gradient and fixed-predictor variants
+        as in the code).
+
+        Args:
+            t: flow time, () or (R,); unused (autonomous).
+            y: flat states (R, n), the blocks of ``self.layout``, each (R, k): p (learned predictor),
+                w, then w_a (BYOL).
+            prm: per-run columns, each (R,) (alpha_p, eta, eta_p, beta) or (R, k) (lam_s, lam_d: the
+                mode's eigenvalues of X + X' and X).
+
+        Returns:
+            dy/dt, (R, n), in units of 1 / flow time.
+        """
         m = self.model
         w, wa, p, ls, ld = self._unpack(y, prm)
         g = wa * ld - p * w * ls
@@ -102,6 +117,19 @@ class ModeFlow:
         return self.layout.pack(out)
 
     def observe(self, t, y, prm):
+        """The contract's quantities at one save time.
+
+        Args:
+            t: flow time, (R,).
+            y: flat states (R, n), as for :meth:`rhs`.
+            prm: per-run columns as for :meth:`rhs`, plus c (R, k) and c_norm (R,) (the per-mode
+                Theorem 1 constants).
+
+        Returns:
+            {name: tensor}: s = lambda_d w^2, p, alignment (sign of p), tau = w_a / w (NaN where w^2 is
+            below 1e-12 of the run's largest), each (R, k); commutator and asymmetry (identically 0 in
+            the mode basis), loss, weight_norm, and balance (with a learned predictor), each (R,).
+        """
         w, wa, p, ls, ld = self._unpack(y, prm)
         floor = 1e-12 * (w * w).amax(dim=-1, keepdim=True)
         out = {

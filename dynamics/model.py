@@ -130,6 +130,7 @@ class RuleSpec:
         check_range("power", self.power, 0, None, lo_open=True)
 
     def build(self) -> PredictorRule:
+        """The :class:`PredictorRule` this spec names, with its parameters."""
         if self.name == "directset":
             return make_rule("directset", power=self.power, eps=self.eps, normalize=self.normalize)
         return make_rule(self.name, eps=self.eps, normalize=self.normalize)
@@ -194,17 +195,21 @@ class LinearModel:
 
     @property
     def eta_pred(self) -> float:
+        """The predictor's weight decay: ``eta_p``, or ``eta`` when not given."""
         return self.eta if self.eta_p is None else self.eta_p
 
     @property
     def simsiam(self) -> bool:
+        """True for SimSiam (W_a = W: no target network)."""
         return self.method == "simsiam"
 
     def predictor_rule(self) -> PredictorRule | None:
+        """The predictor rule (DirectPred-style) when ``predictor == "rule"``, else None."""
         if self.predictor != "rule":
             return None
         return self.rule.build() if isinstance(self.rule, RuleSpec) else self.rule
 
     @property
     def isotropic(self) -> bool:
+        """True for X = I, X' = sigma2 I, where the exact isotropic reduction applies."""
         return self.data.kind == "isotropic"

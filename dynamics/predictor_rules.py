@@ -51,6 +51,8 @@ class PredictorRule:
         raise NotImplementedError
 
     def phi(self, s: torch.Tensor) -> torch.Tensor:
+        """The rule on eigenvalues: p_j = phi(s)_j for s (R, k), as the per-mode ODE needs; a matrix rule
+        raises TypeError."""
         raise TypeError(f"predictor rule {self.name!r} is a matrix rule; the per-mode ODE needs a spectral rule")
 
     def __repr__(self) -> str:
@@ -64,6 +66,7 @@ class _Spectral(PredictorRule):
         self.fn, self.name = fn, name
 
     def phi(self, s: torch.Tensor) -> torch.Tensor:
+        """p = fn(s) on the eigenvalues s (R, k) of F-hat, with s below round-off of s_max set to 0."""
         s_max = s.amax(dim=-1, keepdim=True)
         # eigenvalues within round-off of zero are zero: a fractional power would turn their noise
         # (~1e-16 s_max) into O(1e-5) predictor entries and break orthogonal equivariance
@@ -85,6 +88,7 @@ class _Matrix(PredictorRule):
         return self.fn(F)
 
     def phi(self, s: torch.Tensor) -> torch.Tensor:
+        """The user's spectral form of the rule on s (R, k), when it was given; else TypeError."""
         if self._phi is None:
             return super().phi(s)
         return self._phi(s)
@@ -203,7 +207,9 @@ class CorrelationEMA:
         return step % self.freq == 0
 
     def state_dict(self) -> dict:
+        """rho, freq, the running F (n2, n2) and the update count, for a checkpoint."""
         return {"rho": self.rho, "freq": self.freq, "F": self.F, "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.rho, self.freq, self.F, self.count = state["rho"], state["freq"], state["F"], state["count"]

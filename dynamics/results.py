@@ -43,6 +43,8 @@ def saved_bytes_per_run(sim: Simulation) -> int:
 
 
 def config_json(sim: Simulation) -> str:
+    """The simulation as canonical JSON (sorted keys), stored in every result's ``config`` attribute;
+    explicit initial states appear as shapes and digests (their values are the ``init_*`` variables)."""
     def enc(o):
         if isinstance(o, InitialState):  # shapes and digests; the values are stored as init_* variables
             return o.describe()
@@ -58,6 +60,22 @@ def config_json(sim: Simulation) -> str:
 
 def to_dataset(sim: Simulation, table: RunTable, res: IntegrationResult, backend: str, source: str,
                 extra: dict | None = None, attrs: dict | None = None, initial: dict | None = None) -> xr.Dataset:
+    """The contract Dataset of one integration.
+
+    Args:
+        sim: the simulation that ran.
+        table: its RunTable (the run coordinates: each swept value along ``run``).
+        res: the integration's recorded values, each (R, S, ...), times, nfev and failures.
+        backend: "numba" or "torch", stored in ``attrs["backend"]``.
+        source: the ``source`` attribute ("theory" or "sampled").
+        extra: more per-run variables to store, {name: (R, ...) array}.
+        attrs: more attributes.
+        initial: the initial state {name: (R, ...) array}, stored as ``init_*`` variables for replay.
+
+    Returns:
+        Dataset with dims run, time (units "flow"), mode; s, p, alignment, tau (run, time, mode), the
+        scalar diagnostics (run, time), collapse verdicts and the config string.
+    """
     vals = {k: v.numpy() for k, v in res.values.items()}
     contract = {k: v for k, v in vals.items() if k in ("s", "p", "alignment", "tau", "commutator", "balance",
                                                       "asymmetry", "loss", "weight_norm")}

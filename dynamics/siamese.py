@@ -333,6 +333,7 @@ class EvalSet:
 
     @classmethod
     def build(cls, data: SiameseData, n2: int, size: int, seed: int) -> EvalSet:
+        """Draw an evaluation set of ``size`` points (views and a kNN bank) from ``data``, seeded."""
         x, y, cov = make_dataset(data)
         g = torch.Generator().manual_seed(int(seed) + 1_000_003)
         idx = torch.randint(0, x.shape[0], (size,), generator=g)

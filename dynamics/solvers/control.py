@@ -124,6 +124,7 @@ def next_step_t(h_eff: torch.Tensor, h: torch.Tensor, err: torch.Tensor, accept:
 
 
 def lands_t(h: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """Torch twin of :func:`lands`: True where a step h reaches the save time ``gap`` ahead (then clipped)."""
     return h >= gap * (1 - LANDING)
 
 

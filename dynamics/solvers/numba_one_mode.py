@@ -203,6 +203,11 @@ def one_mode_applies(system: str, cfg, tableau, n_runs: int) -> bool:
 
 
 def solve_one_mode(Y0, PRM, cfg, t_save, tab, rtol, atol, max_steps, blowup, out, stats, tfail, schedule=None):
+    """Integrate one-mode systems (k = 1) with dopri5 in registers, in shares of ONE_LANES runs.
+
+    Y0 (R, n) and PRM (R, P) in, out (R, S, n), stats (R, 4) and tfail (R,) written in place, as
+    :func:`.driver.solve_batch` describes; ``schedule`` as :func:`.scheduling.run_shares`.
+    """
     has_p, stop_grad, simsiam = int(cfg[1]) <= 1, bool(cfg[2]), bool(cfg[3])
     slots = np.array(([_P] if has_p else []) + [_W] + ([] if simsiam else [_A]), dtype=np.int64)
     A, B, E = tab["A"], tab["B"], tab["E"]

@@ -109,6 +109,7 @@ def matrix_rhs(t, y, prm, cfg, dy, work):
 
 
 def matrix_work_size(n2: int, r: int) -> int:
+    """Scratch floats :func:`matrix_rhs` needs for W (n2, r): n2 r + n2^2."""
     return n2 * r + n2 * n2
 
 
@@ -182,6 +183,18 @@ def mode_rhs(t, y, prm, cfg, dy, work):
 
 @nb.njit(cache=True, fastmath=_FM, error_model="numpy")
 def rhs(system, t, y, prm, cfg, dy, work):
+    """The kernel-side right-hand side of one run: writes dy/dt into ``dy``.
+
+    Args:
+        system: 0 for the reduced matrix flow (:func:`matrix_rhs`), 1 for the per-mode system
+            (:func:`mode_rhs`), as ``driver.SYSTEMS`` numbers them.
+        t: flow time (float); unused (autonomous flows).
+        y: the run's flat state, (n,).
+        prm: the run's kernel row of the RunTable, (P,) (its column layout: ``runs.RunTable``).
+        cfg: the system's integer configuration (int64 array, see each flow's ``numba_system``).
+        dy: output, (n,), in units of 1 / flow time.
+        work: scratch buffer of the system's work size.
+    """
     # a branch rather than a function argument: numba cannot reuse its on-disk cache across
     # processes for functions that take other jitted functions as arguments
     if system == 0:

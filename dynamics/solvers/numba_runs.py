@@ -49,6 +49,11 @@ def _combine(coef, K, m, out):
 @nb.njit(cache=True, fastmath=_FM, error_model="numpy")
 def solve_run(system, y0, prm, cfg, t_save, A, B, Cc, E, E3, E5, s, dop853, exponent, order,
                rtol, atol, max_steps, blowup, out, K, y, ytmp, scale, e1, e2, work, stats, tfail):
+    """Integrate one run with an adaptive embedded pair (tableau A, B, Cc, E/E3/E5), saving at t_save.
+
+    y0 (n,) and prm (P,) in; out (S, n), stats (4,) and tfail (a 1-element view) written; K, y, ytmp,
+    scale, e1, e2, work are caller-owned scratch, so that a share allocates them once.
+    """
     n = y0.size
     S = t_save.size
     for j in range(n):

@@ -39,6 +39,7 @@ class Tableau:
         self.order = cls.order
 
     def to(self, device, dtype):
+        """Move the coefficient tensors to ``device`` and ``dtype`` (in place); returns self."""
         for name in ("A", "B", "C", "E5", "E3", "E"):
             if hasattr(self, name):
                 setattr(self, name, getattr(self, name).to(device, dtype))

@@ -69,6 +69,7 @@ class Solver:
         check_range("blowup", self.blowup, 1, None, lo_open=True)
 
     def torch_device(self) -> torch.device:
+        """The device to integrate on: CUDA for "auto" when available, else the CPU."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cuda":
@@ -125,6 +126,7 @@ class _Recorder:
         self.values: dict[str, torch.Tensor] = {}
 
     def add(self, ids: torch.Tensor, pos: torch.Tensor, y: torch.Tensor) -> None:
+        """Buffer states y (m, n) of runs ``ids`` (m,) at save indices ``pos`` (m,)."""
         if ids.numel() == 0:
             return
         self.buf_ids.append(ids)
@@ -135,6 +137,7 @@ class _Recorder:
             self.flush()
 
     def flush(self) -> None:
+        """Observe the buffered states and write them into ``values`` (R, S, ...)."""
         if not self.rows:
             return
         ids, pos, y = torch.cat(self.buf_ids), torch.cat(self.buf_pos), torch.cat(self.buf_y)

@@ -105,6 +105,7 @@ def expected_gd_path(data: SiameseData, W0, Wp0, *, method, predictor, lr, steps
 
 
 def check_selection_bias(seed: int):
+    """The check gsg_selection_bias (module docstring): the chosen view's mean noise, sympy and Monte Carlo."""
     mom = min_of_two_gaussians()
     s = mom["s"]
     sym_res = float(sp.Abs(sp.simplify(mom["E_min"] + s / sp.sqrt(sp.pi))).subs(s, 1)) + \
@@ -135,6 +136,7 @@ def check_selection_bias(seed: int):
 
 
 def check_symbolic_gsg(seed: int):
+    """The check gsg_symbolic (module docstring): the scalar model's expected gradient equals the matrix formula."""
     out = scalar_gradient()
     res = float(sp.Abs(out["residual_w"]) + sp.Abs(out["residual_wp"])) if (out["residual_w"], out["residual_wp"]) != (0, 0) else 0.0
     return CheckResult("gsg_symbolic", "Scalar GSG: E[gradient] from the noise moments == the flow's matrix formula (sympy)",
@@ -142,6 +144,7 @@ def check_symbolic_gsg(seed: int):
 
 
 def check_repulsion_sign(seed: int):
+    """The check gsg_repulsion_sign (module docstring): the repulsion term never decreases Phi."""
     rng = np.random.default_rng(seed)
     worst = math.inf
     for _ in range(50):
@@ -160,6 +163,7 @@ def check_repulsion_sign(seed: int):
 
 
 def check_two_point_rate(seed: int):
+    """The check gsg_two_point_rate (module docstring): the growth rate of ||W delta|| for two points."""
     rng = np.random.default_rng(seed)
     worst = 0.0
     for _ in range(3):
@@ -248,10 +252,12 @@ def _pcaCheckResult(name: str, label: str, method: str, seed: int, detail: str):
 
 
 def check_contrastive_pca(seed: int):
+    """The check contrastive_pca (module docstring): linear SimCLR learns the top principal subspace."""
     return _pcaCheckResult("contrastive_pca", "SimCLR", "simclr", seed, "")
 
 
 def check_contrastive_pca_moco(seed: int):
+    """The check contrastive_pca_moco (module docstring): the same for linear MoCo (slow)."""
     return _pcaCheckResult("contrastive_pca_moco", "MoCo", "moco", seed, ", queue 256, key momentum 0.99")
 
 
