@@ -340,9 +340,12 @@ def main() -> None:
     ap.add_argument("--peer-ladder-threads", type=int, default=2, choices=[1, 2],
                     help="threads for the tolerance ladder (the chosen rung is then run on the other setting)")
     ap.add_argument("--peer-timeout", type=int, default=1200, help="seconds for one peer measurement process")
+    ap.add_argument("--peer-batch", type=int, default=0, metavar="N",
+                    help="re-time the batched peers (torchode, diffrax) and ours on N configs in one batch on 2 cores, "
+                         "at the tolerances of the last peer table; adds 'batch_N' to dynamics-peers-cpu.json")
     ap.add_argument("--procs", type=int, default=2, help="processes for the reference (the benchmark's only)")
     args = ap.parse_args()
-    if args.accuracy_only or args.peers_only:
+    if args.accuracy_only or args.peers_only or args.peer_batch:
         return extras(args)
     rng = np.random.default_rng(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -399,6 +402,21 @@ def extras(args) -> None:
             print(f"{r['rtol']:7.0e} {r['max']:9.2e} {r['p99.9']:9.2e} {r['p99']:9.2e} {r['median']:9.2e} "
                   f"{r['configs_above_1e-06']:7d} {r['ms_per_config']:10.2f}")
         print(f"max error <= 1e-6 on every sampled config from rtol {acc['loosest_rtol_where_claim_holds']} on; wrote {out}")
+    if args.peer_batch:
+        import dynamics_peers
+
+        out = RESULTS / "dynamics-peers-cpu.json"
+        res = json.loads(out.read_text())
+        check = dynamics_peers.batch_check(res, args.peer_batch, res["ours_rtol"], procs=args.procs,
+                                           timeout=args.peer_timeout, log=lambda m: print(m, flush=True))
+        res[f"batch_{args.peer_batch}"] = check
+        out.write_text(json.dumps(res, indent=2))
+        print(f"\non {args.peer_batch} configs in one batch, 2 cores (target error {check['target_error']:.2e}):")
+        for name, r in check["rows"].items():
+            print(f"  {name:22s} " + (f"rtol {r['tolerance']:.0e}  max err {r['max_error']:.1e}  "
+                                      f"{r['ms_per_config']:8.1f} ms/config" if "ms_per_config" in r else r["skipped"]))
+        print(f"wrote {out}")
+        return
     if args.peers or args.peers_only:
         import dynamics_peers
 

@@ -305,9 +305,7 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
     ref_path = Path(tmp.name) / "ref.npz"
     np.savez(ref_path, s=ref)
 
-    def ms(rung, n):  # wall time, and the CPU time of the process (pool workers for the scipy pool)
-        return {"ms_per_config": 1e3 * rung["seconds"] / n, "cpu_ms_per_config": 1e3 * rung["cpu_seconds"] / n,
-                "load_average_1min": rung["load_average_1min"]}
+    ms = _ms  # wall time, and the CPU time of the process (pool workers for the scipy pool)
 
     # ours: 2 cores, 1 core, 2 cores with a busy neighbour
     log(f"peers: ours at rtol {rtol:g} on {ours_configs} configs ...")
@@ -369,6 +367,39 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
     out["rows"] = rows
     out["load_average_at_end"] = os.getloadavg()
     return out
+
+
+def batch_check(res, n, ours_rtol, procs=2, timeout=1800, log=print) -> dict:
+    """The batched peers (torchode, diffrax) again on ``n`` configs in one batch, on 2 cores, each at the
+    tolerance the peer table chose, beside ours on the same ``n`` configs: their cost per config falls
+    with the batch (a step's fixed cost is shared), so a table at a small batch flatters ours.
+    Returns {"configs": n, "rows": {name: {...}}}; the target is ours' max error on these n configs."""
+    from bench_dynamics import reference_spectra, sample_indices
+
+    ref = reference_spectra(sample_indices(n), procs=procs, log=log)
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_path = Path(tmp) / "ref.npz"
+        np.savez(ref_path, s=ref)
+        rows = {}
+        rungs, errors = measure("ours", n, [ours_rtol], 2, ref_path, log=log)
+        target = float(errors.max())
+        rows["ours (numba dop853)"] = {"tolerance": ours_rtol, "max_error": target, **_ms(rungs[0], n)}
+        for name, row in res["rows"].items():
+            if name not in PEERS or not name.startswith(("torchode", "diffrax")) or "tolerance" not in row:
+                continue
+            rungs, errors = measure(name, n, [row["tolerance"]], 2, ref_path, timeout=timeout, log=log)
+            if rungs is None:
+                rows[name] = {"skipped": errors}
+                continue
+            rows[name] = {"tolerance": row["tolerance"], "max_error": float(errors.max()),
+                          "reaches_target": bool(errors.max() <= target), **_ms(rungs[0], n),
+                          "ms_per_config_at_table_batch": row["2 cores"]["ms_per_config"]}
+    return {"configs": n, "target_error": target, "threads": 2, "rows": rows, "load_average_at_end": os.getloadavg()}
+
+
+def _ms(rung, n):
+    return {"ms_per_config": 1e3 * rung["seconds"] / n, "cpu_ms_per_config": 1e3 * rung["cpu_seconds"] / n,
+            "load_average_1min": rung["load_average_1min"]}
 
 
 def print_table(res) -> None:
