@@ -1,4 +1,5 @@
-"""``stopgrad check`` statements about GSG (docs/gsg_theory.md), registered into theorems.CHECKS (theorems imports this module; it imports nothing of theorems).
+"""``stopgrad check`` statements about GSG (docs/gsg_theory.md), registered into theorems.CHECKS
+(theorems imports this module; it imports nothing of theorems).
 
 Each returns a CheckResult (theory.check_result) with its residual and tolerance:
 
@@ -41,8 +42,6 @@ __all__ = ["FLOW_METRICS", "GSG_CHECKS", "expected_gd_path", "flow_dataset", "pa
 f64 = torch.float64
 SLOPE_TOL = 0.15  # as sampled_vs_ode: the fitted exponent's spread with 16 seeds is about 0.05
 PCA_TOL = 0.9
-
-
 
 
 def paired_worlds(methods, seeds, *, data: SiameseData, n2: int, predictor: bool, batch: int, lr: float,
@@ -130,9 +129,9 @@ def check_selection_bias(seed: int):
     tol = 5 * se + 2 * ratio**2 * float(pred.norm())
     ok = sym_res < 1e-12 and err <= tol
     return CheckResult("gsg_selection_bias", "GSG's chosen view: E[noise] = -sigma/sqrt(pi) W^TW delta/|W^TW delta| (sympy + MC)",
-                   err / tol, 1.0, ok, f"sympy residual {sym_res:.1e}; MC |mean - formula| {err:.2e}, SE {se:.1e}, "
-                   f"|formula| {float(pred.norm()):.3e}, sigma||W||/||W delta|| = {ratio:.3f}, N = {N}",
-                   extra={"mc_error": err, "se": se, "formula_norm": float(pred.norm())})
+                       err / tol, 1.0, ok, f"sympy residual {sym_res:.1e}; MC |mean - formula| {err:.2e}, SE {se:.1e}, "
+                       f"|formula| {float(pred.norm()):.3e}, sigma||W||/||W delta|| = {ratio:.3f}, N = {N}",
+                       extra={"mc_error": err, "se": se, "formula_norm": float(pred.norm())})
 
 
 def check_symbolic_gsg(seed: int):
@@ -140,7 +139,7 @@ def check_symbolic_gsg(seed: int):
     out = scalar_gradient()
     res = float(sp.Abs(out["residual_w"]) + sp.Abs(out["residual_wp"])) if (out["residual_w"], out["residual_wp"]) != (0, 0) else 0.0
     return CheckResult("gsg_symbolic", "Scalar GSG: E[gradient] from the noise moments == the flow's matrix formula (sympy)",
-                   res, 1e-12, res <= 1e-12, f"dW: {out['grad_w']}")
+                       res, 1e-12, res <= 1e-12, f"dW: {out['grad_w']}")
 
 
 def check_repulsion_sign(seed: int):
@@ -159,7 +158,7 @@ def check_repulsion_sign(seed: int):
         inner = float((grad_phi * term).sum())
         worst = min(worst, inner / float(grad_phi.norm() * term.norm()))
     return CheckResult("gsg_repulsion_sign", "No predictor: the GSG term never decreases Phi = E||W^T W delta|| (50 random W)",
-                   max(0.0, -worst), 1e-12, worst >= -1e-12, f"min normalised <grad Phi, term> = {worst:.3f}")
+                       max(0.0, -worst), 1e-12, worst >= -1e-12, f"min normalised <grad Phi, term> = {worst:.3f}")
 
 
 def check_two_point_rate(seed: int):
@@ -183,7 +182,7 @@ def check_two_point_rate(seed: int):
             measured = math.log(float((W[-1] @ delta).norm()) / float((W[0] @ delta).norm()))
             worst = max(worst, abs(measured - rate))
     return CheckResult("gsg_two_point_rate", "Two points, no predictor: ||W delta|| grows at c sigma|delta|(1-1/B)/(2 sqrt pi) - sigma^2 - eta",
-                   worst, 1e-7, worst <= 1e-7, "GSG c = 1, reverse c = -1, SimSiam c = 0; 3 random settings")
+                       worst, 1e-7, worst <= 1e-7, "GSG c = 1, reverse c = -1, SimSiam c = 0; 3 random settings")
 
 
 def check_flow_vs_sampled(seed: int):
@@ -209,11 +208,11 @@ def check_flow_vs_sampled(seed: int):
     bias = float(np.sqrt(max(coef[1], 0.0)))
     ok = abs(slope + 0.5) <= SLOPE_TOL
     return CheckResult("gsg_flow_vs_sampled", "Sampled GSG SGD -> expected GSG update: error in W falls as batch^(-1/2)",
-                   abs(slope + 0.5), SLOPE_TOL, ok,
-                   f"slope {slope:.3f} over batch {batches[:fit_upto]}; rms rel. error {', '.join(f'{e:.1e}' for e in rms)} "
-                   f"at batch {batches}; fitted floor (linearised-selection bias) {bias:.1e}; lr {lr}, {steps} steps, "
-                   f"{n_seeds} seeds, sigma 0.1",
-                   extra={"batches": batches, "rms": rms, "slope": slope, "bias": bias})
+                       abs(slope + 0.5), SLOPE_TOL, ok,
+                       f"slope {slope:.3f} over batch {batches[:fit_upto]}; rms rel. error {', '.join(f'{e:.1e}' for e in rms)} "
+                       f"at batch {batches}; fitted floor (linearised-selection bias) {bias:.1e}; lr {lr}, {steps} steps, "
+                       f"{n_seeds} seeds, sigma 0.1",
+                       extra={"batches": batches, "rms": rms, "slope": slope, "bias": bias})
 
 
 #: SGD steps of the PCA checks: linear SimCLR passes at 800 (0.77-0.85 at 300); linear MoCo (one-sided
@@ -240,25 +239,25 @@ def _contrastive_pca(method: str, seed: int):
     return ds["subspace"].isel(time=-1).values, ds["subspace"].isel(time=0).values, empirical
 
 
-def _pcaCheckResult(name: str, label: str, method: str, seed: int, detail: str):
+def _pca_result(name: str, label: str, method: str, seed: int, detail: str):
     frac, start, emp = _contrastive_pca(method, seed)
     worst = float(frac.min())
     return CheckResult(name, f"Linear {label} learns the top-n2 principal subspace of the data covariance",
-                   1 - worst, 1 - PCA_TOL, worst >= PCA_TOL,
-                   f"captured fraction {', '.join(f'{f:.3f}' for f in frac)} (4 seeds; at init {start.mean():.3f}; "
-                   f"of the empirical covariance {', '.join(f'{f:.3f}' for f in emp)}); spikes 10, 8, 6, 4 over I, "
-                   f"sigma_aug 0.5, tau 0.5, {PCA_STEPS[method]} steps of batch 256{detail}",
-                   extra={"fraction": frac.tolist(), "fraction_init": start.tolist(), "fraction_empirical": emp.tolist()})
+                       1 - worst, 1 - PCA_TOL, worst >= PCA_TOL,
+                       f"captured fraction {', '.join(f'{f:.3f}' for f in frac)} (4 seeds; at init {start.mean():.3f}; "
+                       f"of the empirical covariance {', '.join(f'{f:.3f}' for f in emp)}); spikes 10, 8, 6, 4 over I, "
+                       f"sigma_aug 0.5, tau 0.5, {PCA_STEPS[method]} steps of batch 256{detail}",
+                       extra={"fraction": frac.tolist(), "fraction_init": start.tolist(), "fraction_empirical": emp.tolist()})
 
 
 def check_contrastive_pca(seed: int):
     """The check contrastive_pca (module docstring): linear SimCLR learns the top principal subspace."""
-    return _pcaCheckResult("contrastive_pca", "SimCLR", "simclr", seed, "")
+    return _pca_result("contrastive_pca", "SimCLR", "simclr", seed, "")
 
 
 def check_contrastive_pca_moco(seed: int):
     """The check contrastive_pca_moco (module docstring): the same for linear MoCo (slow)."""
-    return _pcaCheckResult("contrastive_pca_moco", "MoCo", "moco", seed, ", queue 256, key momentum 0.99")
+    return _pca_result("contrastive_pca_moco", "MoCo", "moco", seed, ", queue 256, key momentum 0.99")
 
 
 GSG_CHECKS = {
