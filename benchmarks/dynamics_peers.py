@@ -305,8 +305,6 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
     ref_path = Path(tmp.name) / "ref.npz"
     np.savez(ref_path, s=ref)
 
-    ms = _ms  # wall time, and the CPU time of the process (pool workers for the scipy pool)
-
     # ours: 2 cores, 1 core, 2 cores with a busy neighbour
     log(f"peers: ours at rtol {rtol:g} on {ours_configs} configs ...")
     ours = {"tolerance": rtol, "configs": ours_configs}
@@ -314,14 +312,14 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
     if rungs is None:
         raise RuntimeError(f"ours: {errors}")
     ours.update({"max_error": float(errors.max()), "error_configs": int(len(errors)), "nfev_mean": rungs[0]["nfev_mean"],
-                 "2 cores": ms(rungs[0], ours_configs)})
+                 "2 cores": _ms(rungs[0], ours_configs)})
     target = {n: float(errors[:n].max()) for n in (peer_configs, loop_configs)}
     # numpy's OpenBLAS pool at 2 threads slows our 2-thread kernels (issue 13 finding): also 2 cores with it at 1
     settings = (("1 core", 1, False, None), ("busy neighbour", 2, True, None),
                 ("2 cores, OPENBLAS_NUM_THREADS=1", 2, False, {"OPENBLAS_NUM_THREADS": "1"}))
     for key, threads, busy, extra in settings[: 3 if ours_settings else 0]:
         rungs, why = measure("ours", ours_configs, [rtol], threads, ref_path, busy=busy, log=log, extra_env=extra)
-        ours[key] = ms(rungs[0], ours_configs) if rungs is not None else {"skipped": why}
+        ours[key] = _ms(rungs[0], ours_configs) if rungs is not None else {"skipped": why}
     if "ms_per_config" in ours.get("busy neighbour", {}):
         ours["busy_over_quiet"] = ours["busy neighbour"]["ms_per_config"] / ours["2 cores"]["ms_per_config"]
     ours["target_error"] = target
@@ -349,19 +347,19 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
             continue
         tol = last["rtol"]
         here, there = ("2 cores", "1 core") if ladder_threads == 2 else ("1 core", "2 cores")
-        row.update({"tolerance": tol, "max_error": last["max_error"], here: ms(last, n), "ladder_threads": ladder_threads,
+        row.update({"tolerance": tol, "max_error": last["max_error"], here: _ms(last, n), "ladder_threads": ladder_threads,
                     "at_ladder_start": len(rungs) == 1})  # then a looser tolerance might also do
         for k in ("compile_seconds", "nfev_mean", "nfev_mean_estimate", "steps_max", "failed"):
             if k in last:
                 row[k] = last[k]
         r1, why = measure(name, n, [tol], 3 - ladder_threads, ref_path, timeout=timeout, log=log)
-        row[there] = ms(r1[0], n) if r1 is not None else {"skipped": why}
+        row[there] = _ms(r1[0], n) if r1 is not None else {"skipped": why}
         if r1 is not None and "compile_seconds" in r1[0]:
             row[f"compile_seconds_{there.replace(' ', '_')}"] = r1[0]["compile_seconds"]
         if name.startswith("scipy"):  # the loop uses one core; two processes use both
             row["2 cores, 1 process"] = row["2 cores"]
             rp, why = measure(name, n, [tol], 1, ref_path, procs=2, timeout=timeout, log=log)
-            row["2 cores"] = {**ms(rp[0], n), "how": "2 processes"} if rp is not None else {"skipped": why}
+            row["2 cores"] = {**_ms(rp[0], n), "how": "2 processes"} if rp is not None else {"skipped": why}
         rows[name] = row
     tmp.cleanup()
     out["rows"] = rows
@@ -371,8 +369,8 @@ def bench_peers(rtol, peer_configs=64, loop_configs=32, ours_configs=256, peers=
 
 def batch_check(res, n, ours_rtol, procs=2, timeout=1800, log=print) -> dict:
     """The batched peers (torchode, diffrax) again on ``n`` configs in one batch, on 2 cores, each at the
-    tolerance the peer table chose, beside ours on the same ``n`` configs: their cost per config falls
-    with the batch (a step's fixed cost is shared), so a table at a small batch flatters ours.
+    tolerance the peer table chose, beside ours on the same ``n`` configs: whether the table's small batch
+    flatters ours (a batch shares a step's fixed cost, but marches in lock step with its slowest member).
     Returns {"configs": n, "rows": {name: {...}}}; the target is ours' max error on these n configs."""
     from bench_dynamics import reference_spectra, sample_indices
 
@@ -382,6 +380,8 @@ def batch_check(res, n, ours_rtol, procs=2, timeout=1800, log=print) -> dict:
         np.savez(ref_path, s=ref)
         rows = {}
         rungs, errors = measure("ours", n, [ours_rtol], 2, ref_path, log=log)
+        if rungs is None:
+            raise RuntimeError(f"ours: {errors}")
         target = float(errors.max())
         rows["ours (numba dop853)"] = {"tolerance": ours_rtol, "max_error": target, **_ms(rungs[0], n)}
         for name, row in res["rows"].items():
@@ -398,6 +398,7 @@ def batch_check(res, n, ours_rtol, procs=2, timeout=1800, log=print) -> dict:
 
 
 def _ms(rung, n):
+    """A rung's wall time and process CPU time (the pool workers' for the scipy pool) per config, in ms."""
     return {"ms_per_config": 1e3 * rung["seconds"] / n, "cpu_ms_per_config": 1e3 * rung["cpu_seconds"] / n,
             "load_average_1min": rung["load_average_1min"]}
 
