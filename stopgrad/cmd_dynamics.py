@@ -86,7 +86,6 @@ def _plan(sim, out) -> str:
         return (f"stopgrad: {len(sim.runs())} run(s){' over ' + grid if grid else ''}: {t.method} {t.encoder} "
                 f"{sim.data.n1}x{t.n2}, engine siamese, {sim.steps} steps, {sim.n_save} saves -> {out}")
     m = sim.model
-    grid = " x ".join(f"{k}[{len(v)}]" for k, v in sim.grid.items())
     return (f"stopgrad: {sim.n_runs} run(s){' over ' + grid if grid else ''}: {m.method} {m.n1}x{m.n2}, "
             f"engine {sim.engine}, t_end {sim.t_end:g}, {sim.n_save} saves -> {out}")
 
@@ -100,14 +99,14 @@ def _run(args, require_grid: bool) -> int:
     from .guards import check_fits, check_output, check_steps, siamese_memory, simulation_memory
 
     sim = _load_simulation(args.config)
-    if isinstance(sim, SiameseSimulation):
+    siamese = isinstance(sim, SiameseSimulation)
+    if siamese:
         simulate = simulate_siamese  # noqa: F811  the four-view Siamese / contrastive simulator
     if require_grid and not sim.grid:
         raise ConfigError("grid", "{}", "a sweep needs a [grid] table with at least one swept parameter")
     if getattr(args, "scheduler", None) is not None:
         return _run_distributed(args, sim)
     check_output(args.out, inputs=[args.config])
-    siamese = isinstance(sim, SiameseSimulation)
     need, detail = siamese_memory(sim) if siamese else simulation_memory(sim)
     check_fits(need, detail, "grid" if sim.grid else "model", f"{len(sim.runs()) if siamese else sim.n_runs} run(s)")
     if not siamese:  # the step estimate is the flow's; the siamese engine takes a given number of SGD steps
