@@ -50,7 +50,6 @@ from .evaluation import extract_features as extract_features
 from .evaluation import knn_monitor as knn_monitor
 from .evaluation import linear_probe as linear_probe
 from .gsg import GSG as GSG
-from .gsg import gsg_choice as gsg_choice
 from .gsg import gsg_distances as gsg_distances
 from .gsg import gsg_loss as gsg_loss
 from .gsg import half_shift_partner as half_shift_partner

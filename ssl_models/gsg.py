@@ -27,12 +27,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from stopgrad.dynamics import gsg_choice
+
 from .base import SSLMethod, build_online
 from .byol import MomentumMixin
 from .config import TrainConfig
 from .precision import at_least_fp32
 
-__all__ = ["GSG", "gsg_choice", "gsg_distances", "gsg_loss", "half_shift_partner", "mean_negative_distance"]
+__all__ = ["GSG", "gsg_distances", "gsg_loss", "half_shift_partner", "mean_negative_distance"]
 
 
 @torch.no_grad()
@@ -64,12 +66,6 @@ def mean_negative_distance(z1: torch.Tensor, z2: torch.Tensor, partner: torch.Te
     if partner is None:
         partner = half_shift_partner(z1.shape[0], z1.device)
     return gsg_distances(z1, z2, z1[partner], z2[partner]).mean()
-
-
-def gsg_choice(d: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """(N,) int64 column of ``gsg_distances`` whose pair gets the predictor: the closest pair (argmin, GSG)
-    or, with ``reverse``, the farthest pair (argmax, reverse GSG)."""
-    return d.argmax(dim=1) if reverse else d.argmin(dim=1)
 
 
 def gsg_loss(p11, p12, p21, p22, z11, z12, z21, z22, choice: torch.Tensor) -> torch.Tensor:
@@ -105,7 +101,9 @@ class GSG(MomentumMixin, SSLMethod):
         super().__init__(cfg)
         self.online = build_online(cfg)
         self.byol = cfg.method.name == "byol-gsg"
-        self.reverse = cfg.method.reverse
+        # the sampled simulator's selection rule (stopgrad.dynamics.gsg_choice): the closest negative pair,
+        # or the farthest for reverse GSG; distances are the columns of gsg_distances
+        self.selection = "gsg-reverse" if cfg.method.reverse else "gsg"
         if self.byol:
             self._init_target()
         self.last_choice: torch.Tensor | None = None
@@ -132,7 +130,7 @@ class GSG(MomentumMixin, SSLMethod):
         else:
             t11, t12, t21, t22 = (self._stop(z) for z in (z11, z12, z21, z22))
         d = gsg_distances(t11.detach(), t12.detach(), t21.detach(), t22.detach())
-        choice = gsg_choice(d, self.reverse)
+        choice = gsg_choice(d, self.selection)
         self.last_choice = choice
         loss = gsg_loss(p11, p12, p21, p22, t11, t12, t21, t22, choice)
         self.observe(z11, z12)

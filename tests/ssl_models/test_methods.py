@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stopgrad.dynamics import RuleSpec, directpred
+from stopgrad.dynamics import RuleSpec, directpred, gsg_choice
 from stopgrad.ssl_models import (
     GSG,
     BYOL,
@@ -20,7 +20,6 @@ from stopgrad.ssl_models import (
     SimSiam,
     Trainer,
     cosine_momentum,
-    gsg_choice,
     gsg_distances,
     gsg_loss,
     half_shift_partner,
@@ -142,7 +141,7 @@ def test_reverse_gsg_choice_is_the_argmax_where_gsgs_is_the_argmin():
     z = [torch.randn(40, 6, generator=g, dtype=torch.float64) for _ in range(4)]
     p = [torch.randn(40, 6, generator=g, dtype=torch.float64) for _ in range(4)]
     dist = gsg_distances(*z)
-    near, far = gsg_choice(dist), gsg_choice(dist, reverse=True)
+    near, far = gsg_choice(dist, "gsg"), gsg_choice(dist, "gsg-reverse")  # the trainer's rule (GSG.selection)
     assert torch.equal(near, dist.argmin(1)) and torch.equal(far, dist.argmax(1))
     assert (dist.gather(1, far[:, None]) > dist.gather(1, near[:, None])).all()  # no ties in random data
     choices, loss = _brute_force_gsg(p, z, reverse=True)
