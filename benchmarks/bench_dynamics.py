@@ -85,16 +85,12 @@ def numpy_rhs(alpha_p, eta, beta):
 
 def scipy_loop(table, runs, method, rtol, atol, t_save):
     """One solve_ivp per run; returns seconds per run, eigenvalues (n, S, N2) and mean nfev."""
-    model = base_model()
     out, nfev = [], []
     start = time.perf_counter()
     for r in runs:
-        init = draw_initial_matrices(model, [table["seed"][r]], [1.0], [1.0])
-        y0 = np.concatenate([init["W"][0].ravel(), init["Wp"][0].ravel(), init["Wa"][0].ravel()])
-        sol = solve_ivp(numpy_rhs(table["alpha_p"][r], table["eta"][r], table["beta"][r]), (0, T_END), y0,
-                        method=method, t_eval=t_save, rtol=rtol, atol=atol)
-        W = sol.y[: N2 * N1].T.reshape(len(t_save), N2, N1)
-        out.append(np.linalg.eigvalsh(W @ W.transpose(0, 2, 1))[:, ::-1])
+        sol = solve_ivp(numpy_rhs(table["alpha_p"][r], table["eta"][r], table["beta"][r]), (0, T_END),
+                        _initial_vector(table["seed"][r]), method=method, t_eval=t_save, rtol=rtol, atol=atol)
+        out.append(_solution_spectra(sol))
         nfev.append(sol.nfev)
     return (time.perf_counter() - start) / len(runs), np.stack(out), float(np.mean(nfev))
 
@@ -128,8 +124,15 @@ def sample_indices(n: int) -> np.ndarray:
 
 
 def _initial_vector(seed: int) -> np.ndarray:
+    """The full flat state (W, W_p, W_a) at t = 0 of the config with ``seed``, as simulate draws it."""
     init = draw_initial_matrices(base_model(), [int(seed)], [1.0], [1.0])
     return np.concatenate([init["W"][0].ravel(), init["Wp"][0].ravel(), init["Wa"][0].ravel()])
+
+
+def _solution_spectra(sol) -> np.ndarray:
+    """Eigenvalues (S, N2), descending, of W W^T at the save times of a solve_ivp solution on the full flow."""
+    W = sol.y[: N2 * N1].T.reshape(-1, N2, N1)
+    return np.linalg.eigvalsh(W @ W.transpose(0, 2, 1))[:, ::-1]
 
 
 def _reference_one(job):
@@ -138,8 +141,7 @@ def _reference_one(job):
     t_save = np.linspace(0.0, T_END, N_SAVE)
     sol = solve_ivp(numpy_rhs(alpha_p, eta, beta), (0, T_END), _initial_vector(seed), method=method,
                     t_eval=t_save, rtol=rtol, atol=rtol * 1e-2)
-    W = sol.y[: N2 * N1].T.reshape(N_SAVE, N2, N1)
-    return np.linalg.eigvalsh(W @ W.transpose(0, 2, 1))[:, ::-1], sol.nfev
+    return _solution_spectra(sol), sol.nfev
 
 
 def _pool(procs: int):
